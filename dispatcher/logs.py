@@ -1,0 +1,48 @@
+"""Logging set-up shared by every process, with a request id that follows a job from facade to worker.
+
+The facade takes `X-Request-ID` (or makes one), the dispatcher puts it in the job, the worker logs
+with it; `NPU_LOG_JSON=true` writes one JSON object per line for log collectors.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+
+from .settings import Settings
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname, "logger": record.name, "pid": record.process,
+                 "message": record.getMessage()}
+        if getattr(record, "request_id", None):
+            entry["request_id"] = record.request_id
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    if settings.log_json:
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    logging.getLogger("rq.worker").setLevel(settings.log_level.upper())  # rq pins its own to INFO on import

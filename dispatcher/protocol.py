@@ -1,0 +1,206 @@
+"""What travels through Redis: key names, job and reply schemas, and the msgpack codec.
+
+Both lanes are defined here once; the worker, the facade and backends import it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+from pydantic import BaseModel, Field
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Upper bounds of the batch-size histogram workers keep in their heartbeat counters (`batch_le_<n>`)."""
+
+GROUP = "workers"
+"""The one consumer group every worker of a model stream reads in."""
+
+EMBED_TASK = "worker.tasks.embed"
+GENERATE_TASK = "worker.tasks.generate"
+"""RQ function paths of the bulk lane; strings, so a backend enqueues without importing OpenVINO."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key of one deployment, under its prefix (default `npu`)."""
+
+    prefix: str = "npu"
+
+    def stream(self, model: str, node: str | None = None) -> str:
+        """Interactive lane of a model (`npu:stream:<model>`, or `...@<node>` for routed work)."""
+        return f"{self.prefix}:stream:{model}" + (f"@{node}" if node else "")
+
+    def queue(self, model: str, node: str | None = None) -> str:
+        """RQ queue name of a model's bulk lane (`npu:<model>`); RQ adds its own `rq:queue:`."""
+        return f"{self.prefix}:{model}" + (f"@{node}" if node else "")
+
+    def reply(self, job_id: str) -> str:
+        return f"{self.prefix}:reply:{job_id}"
+
+    def dead(self, model: str) -> str:
+        """Dead-letter stream of interactive jobs that failed too many deliveries."""
+        return f"{self.prefix}:dead:{model}"
+
+    def reap_lock(self, execution: str) -> str:
+        """Held by the one worker that requeues (or fails) a dead worker's bulk job execution."""
+        return f"{self.prefix}:reap:{execution}"
+
+    def live(self, model: str) -> str:
+        """Sorted set: worker id -> time its heartbeat expires, per model it serves."""
+        return f"{self.prefix}:live:{model}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of all workers: worker id -> heartbeat expiry."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """A worker's last heartbeat (msgpack of `Heartbeat`), expiring with its TTL."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def node(self, node_id: str) -> str:
+        """A node's registry record (JSON of `dispatcher.nodes.Node`)."""
+        return f"{self.prefix}:node:{node_id}"
+
+    @property
+    def nodes(self) -> str:
+        """Set of registered node ids."""
+        return f"{self.prefix}:nodes"
+
+    def history(self, node_id: str) -> str:
+        """A node's utilization samples, newest first (`ts:utilization`), an hour of them."""
+        return f"{self.prefix}:history:{node_id}"
+
+    @property
+    def load_balancing(self) -> str:
+        """The load-balancing setting (JSON of `dispatcher.nodes.LoadBalancing`)."""
+        return f"{self.prefix}:load-balancing"
+
+    def nonce(self, service_id: str, nonce: str) -> str:
+        """A v2 request nonce already used, kept until its timestamp leaves the signature window."""
+        return f"{self.prefix}:nonce:{service_id}:{nonce}"
+
+
+Prompt = str | list[dict[str, str]]
+"""What generation takes: one user message, or a chat of {"role", "content"} messages."""
+
+
+def as_messages(prompt: Prompt) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Job(BaseModel):
+    """An interactive-lane job. `deadline` is absolute (unix seconds): a worker drops late jobs."""
+
+    id: str = Field(default_factory=new_id)
+    request_id: str | None = None
+    """The facade's X-Request-ID (or the caller's), so worker logs can be matched to requests."""
+    kind: Literal["embed", "generate"]
+    model: str
+    reply: str
+    deadline: float
+    created: float = Field(default_factory=time.time)
+    texts: list[str] | None = None
+    truncate: bool = False
+    prompt: str | list[dict[str, str]] | None = None
+    """A user message, or chat messages (`[{"role": ..., "content": ...}]`) for the model's chat template."""
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stream: bool = False
+    """Generation: send text deltas as they come, not only the final text."""
+
+
+class Reply(BaseModel):
+    """What a worker pushes (RPUSH) to a job's reply key.
+
+    Embeddings: one message. Generation: `start` when the worker admits the job (the deadline covers
+    the wait for it), then `delta`s if the job streams, then `done` with the whole text and usage.
+    """
+
+    ok: bool
+    event: Literal["start", "delta", "done"] | None = None
+    delta: str | None = None
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+    error: str | None = None
+    message: str | None = None
+    status: int | None = None
+    detail: dict[str, Any] | None = None
+    """Machine-readable facts of an error (index, tokens, limit), passed on to the caller."""
+    vectors: bytes | None = None
+    """float32, row-major, len(texts) x dim."""
+    dim: int | None = None
+    token_counts: list[int] | None = None
+    truncated: list[bool] | None = None
+    text: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    device: str | None = None
+    node_id: str | None = None
+    worker_id: str | None = None
+    queue_ms: float | None = None
+    inference_ms: float | None = None
+    batch_size: int | None = None
+
+    def matrix(self) -> np.ndarray:
+        assert self.vectors is not None and self.dim
+        return np.frombuffer(self.vectors, dtype=np.float32).reshape(-1, self.dim)
+
+
+class Heartbeat(BaseModel):
+    """A worker's self-report, rewritten every heartbeat interval with a short TTL."""
+
+    worker_id: str
+    node_id: str
+    pid: int
+    started: float
+    at: float
+    models: dict[str, str]
+    """model -> device type it runs on (`intel-npu`, `intel-gpu`, `cpu`, ...)."""
+    devices: dict[str, str]
+    """model -> OpenVINO execution device(s) really used, e.g. `CPU`."""
+    max_concurrent: int
+    memory_gb: float
+    queue_depth: int
+    queue_depths: dict[str, dict[str, int]]
+    """model -> {"interactive": n, "bulk": n}."""
+    running: int
+    utilization: float
+    """0-100: (queued + running) / max_concurrent, as the design card defines it."""
+    busy_fraction: float
+    """Share of the last interval spent in inference."""
+    counters: dict[str, int]
+
+
+def pack(obj: BaseModel | dict[str, Any]) -> bytes:
+    data = obj.model_dump(exclude_none=True) if isinstance(obj, BaseModel) else obj
+    return msgpack.packb(data, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+class MsgpackSerializer:
+    """RQ serializer for the bulk lane: `rq info -S dispatcher.protocol.MsgpackSerializer`.
+
+    msgpack rather than pickle so that a queue never executes code smuggled into a payload and
+    non-Python backends can read results.
+    """
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return msgpack.packb(obj, use_bin_type=True)
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False)

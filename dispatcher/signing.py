@@ -1,0 +1,215 @@
+"""Service request signatures (DESIGN.md section 6) and HTTP clients that never send a request unsigned.
+
+v1, the seed's format, kept byte for byte because existing backends sign it:
+
+    X-Service-Signature = hex HMAC-SHA256(key, "service_id:METHOD:path:timestamp")
+
+v2, ours, binds what v1 leaves open to tampering and replay (query, body, a one-time nonce):
+
+    hex HMAC-SHA256(key, "v2:service_id:METHOD:path:canonical_query:timestamp:nonce:sha256hex(body)")
+
+`path` is the URL path without the query, percent-decoded; `timestamp` is the X-Service-Timestamp header
+exactly as sent (integer unix seconds); `canonical_query` is the query's name=value pairs sorted and
+percent-encoded (RFC 3986 unreserved characters left as they are), empty when there is none. A request
+that carries X-Service-Nonce is a v2 request. The "v2:" prefix keeps a v2 signature from ever verifying
+as v1, so stripping the nonce header cannot downgrade a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+import httpx
+from pydantic import SecretStr
+
+from .credentials import outbound_identity
+from .errors import AuthConfigError, UnauthorizedError
+from .settings import Settings, get_settings
+
+HEADER_ID = "X-Service-ID"
+HEADER_SIGNATURE = "X-Service-Signature"
+HEADER_TIMESTAMP = "X-Service-Timestamp"
+HEADER_NONCE = "X-Service-Nonce"
+AUTH_HEADERS = (HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, HEADER_NONCE)
+
+# Wire-format rules, not knobs: a nonce must be unguessable and short enough for a Redis key.
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_UNKNOWN_SERVICE_KEY = secrets.token_hex(32)
+"""An unknown service is checked against this throwaway key, so it costs the same time as a wrong key."""
+
+
+def canonical_query(query: str | bytes) -> str:
+    """Sorted and re-encoded, so parameter order and `+` / `%20` choices of clients and proxies do not matter."""
+    if isinstance(query, bytes):
+        query = query.decode("latin-1")
+    return urlencode(sorted(parse_qsl(query, keep_blank_values=True)), safe="", quote_via=quote)
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def v1_message(service_id: str, method: str, path: str, timestamp: str) -> str:
+    return f"{service_id}:{method.upper()}:{path}:{timestamp}"
+
+
+def v2_message(service_id: str, method: str, path: str, query: str | bytes, timestamp: str, nonce: str,
+               body: bytes) -> str:
+    return (f"v2:{service_id}:{method.upper()}:{path}:{canonical_query(query)}:{timestamp}:{nonce}:"
+            f"{body_digest(body)}")
+
+
+def hmac_hex(key: str, message: str) -> str:
+    return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_headers(service_id: str, key: str, method: str, path: str, *, query: str | bytes = b"",
+                 body: bytes = b"", v2: bool = False, timestamp: int | None = None,
+                 nonce: str | None = None) -> dict[str, str]:
+    """The auth headers of one request."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    headers = {HEADER_ID: service_id, HEADER_TIMESTAMP: ts}
+    if v2:
+        nonce = nonce or secrets.token_urlsafe(18)
+        headers[HEADER_NONCE] = nonce
+        headers[HEADER_SIGNATURE] = hmac_hex(key, v2_message(service_id, method, path, query, ts, nonce, body))
+    else:
+        headers[HEADER_SIGNATURE] = hmac_hex(key, v1_message(service_id, method, path, ts))
+    return headers
+
+
+@dataclass(frozen=True)
+class Verified:
+    service_id: str
+    version: int
+    timestamp: int
+    nonce: str | None
+
+    def nonce_ttl(self, window_s: int, now: float | None = None) -> int:
+        """Seconds a nonce must be remembered: until its timestamp leaves the window."""
+        now = time.time() if now is None else now
+        return max(1, int(self.timestamp + window_s - now) + 1)
+
+
+def verify(headers: Mapping[str, str], method: str, path: str, query: str | bytes, body: bytes,
+           keys: Mapping[str, Sequence[str]], *, window_s: int, require_v2: bool = False,
+           now: float | None = None) -> Verified:
+    """Checks one request's service signature; raises `UnauthorizedError` (public message, private reason).
+
+    `headers` holds each auth header once (the caller refuses duplicates). Replay of a v2 nonce is the
+    caller's check, since it needs shared state (Redis).
+    """
+    service_id, signature = headers.get(HEADER_ID), headers.get(HEADER_SIGNATURE)
+    timestamp, nonce = headers.get(HEADER_TIMESTAMP), headers.get(HEADER_NONCE)
+    if not (service_id or signature or timestamp):
+        raise UnauthorizedError(UnauthorizedError.MISSING, "missing_headers")
+    if not (service_id and signature and timestamp):
+        raise UnauthorizedError(UnauthorizedError.MISSING, "incomplete_headers")
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_timestamp")
+    now = time.time() if now is None else now
+    if abs(now - int(timestamp)) > window_s:
+        raise UnauthorizedError(UnauthorizedError.EXPIRED, "outside_window")
+    if not _SIGNATURE.fullmatch(signature):
+        raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_signature")
+    if nonce is not None:
+        if not _NONCE.fullmatch(nonce):
+            raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_nonce")
+        message = v2_message(service_id, method, path, query, timestamp, nonce, body)
+    elif require_v2:
+        raise UnauthorizedError(UnauthorizedError.INVALID, "v1_refused")
+    else:
+        message = v1_message(service_id, method, path, timestamp)
+    candidates = keys.get(service_id) or (_UNKNOWN_SERVICE_KEY,)
+    given = signature.lower().encode()
+    matched = False
+    for key in candidates:  # every key is tried, so timing does not tell which (or whether one) matched
+        matched |= hmac.compare_digest(hmac_hex(key, message).encode(), given)
+    if service_id not in keys:
+        raise UnauthorizedError(UnauthorizedError.INVALID, "unknown_service")
+    if not matched:
+        raise UnauthorizedError(UnauthorizedError.INVALID, "bad_signature")
+    return Verified(service_id, 2 if nonce is not None else 1, int(timestamp), nonce)
+
+
+class ServiceAuth(httpx.Auth):
+    """Signs each request as the last step before it is sent, after the caller's and the client's headers
+    are merged, so no caller-supplied header can replace or add to the auth headers."""
+
+    def __init__(self, service_id: str, key: str | SecretStr, *, v2: bool = False):
+        key = key.get_secret_value() if isinstance(key, SecretStr) else key
+        if not service_id or not key:
+            raise AuthConfigError("a service id and a non-empty key are needed to sign; refusing to send unsigned")
+        if ":" in service_id:
+            raise AuthConfigError(f"service id {service_id!r} must not contain ':'")
+        self.service_id, self._key, self.v2 = service_id, key, v2
+        self.requires_request_body = v2  # httpx then reads a streamed body before auth_flow sees it
+
+    def __repr__(self) -> str:
+        return f"ServiceAuth({self.service_id!r}, v{2 if self.v2 else 1})"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        for name in AUTH_HEADERS:
+            request.headers.pop(name, None)
+        request.headers.update(sign_headers(
+            self.service_id, self._key, request.method, request.url.path, query=request.url.query,
+            body=request.content if self.v2 else b"", v2=self.v2))
+        yield request
+
+
+def _service_auth(service_id: str | None, key: str | SecretStr | None, v2: bool, settings: Settings | None,
+                  kwargs: dict[str, Any]) -> ServiceAuth:
+    if "auth" in kwargs:
+        raise TypeError("a service client signs every request itself; it takes no auth=")
+    if service_id is None and key is None:
+        service_id, key = outbound_identity(settings or get_settings())
+    return ServiceAuth(service_id or "", key or "", v2=v2)
+
+
+def _only_own_auth(auth: Any) -> None:
+    if auth is not httpx.USE_CLIENT_DEFAULT:
+        raise TypeError("a service client signs every request itself; per-request auth= is refused")
+
+
+class ServiceHTTPClient(httpx.Client):
+    """`httpx.Client` for service-to-service calls: every request is signed (v1, or v2 with `v2=True`).
+
+    Identity: `service_id` and `key`, else NPU_SERVICE_ID / NPU_SERVICE_KEY, else the generated local
+    credentials. Without a key it raises `AuthConfigError` at construction; `auth=` is refused, on the
+    client and per request, so nothing can turn signing off.
+    """
+
+    def __init__(self, service_id: str | None = None, key: str | SecretStr | None = None, *, v2: bool = False,
+                 settings: Settings | None = None, **kwargs: Any):
+        self.service_auth = _service_auth(service_id, key, v2, settings, kwargs)
+        super().__init__(auth=self.service_auth, **kwargs)
+
+    def send(self, request: httpx.Request, *, stream: bool = False, auth: Any = httpx.USE_CLIENT_DEFAULT,
+             follow_redirects: Any = httpx.USE_CLIENT_DEFAULT) -> httpx.Response:
+        _only_own_auth(auth)
+        return super().send(request, stream=stream, auth=self.service_auth, follow_redirects=follow_redirects)
+
+
+class AsyncServiceHTTPClient(httpx.AsyncClient):
+    """The asyncio form of `ServiceHTTPClient`, with the same guarantees."""
+
+    def __init__(self, service_id: str | None = None, key: str | SecretStr | None = None, *, v2: bool = False,
+                 settings: Settings | None = None, **kwargs: Any):
+        self.service_auth = _service_auth(service_id, key, v2, settings, kwargs)
+        super().__init__(auth=self.service_auth, **kwargs)
+
+    async def send(self, request: httpx.Request, *, stream: bool = False, auth: Any = httpx.USE_CLIENT_DEFAULT,
+                   follow_redirects: Any = httpx.USE_CLIENT_DEFAULT) -> httpx.Response:
+        _only_own_auth(auth)
+        return await super().send(request, stream=stream, auth=self.service_auth,
+                                  follow_redirects=follow_redirects)
