@@ -1,0 +1,1 @@
+"""The OpenVINO side: devices, pipelines, model preparation, and the worker process."""

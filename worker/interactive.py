@@ -1,0 +1,338 @@
+"""The interactive lane: one Redis Stream per model, read in a consumer group, answered on reply keys.
+
+Embedding jobs are acked after their reply is pushed (a worker that dies mid-batch leaves them
+pending, and a peer takes them over once the dead worker's heartbeat expired: `reclaim`); generation
+jobs are acked when admitted, since a long generation would otherwise look abandoned to the takeover,
+and their caller notices a dead worker by its expired heartbeat and submits the job again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from dispatcher.errors import NPUError
+from dispatcher.logs import request_id
+from dispatcher.protocol import GROUP, Job, Reply, pack, unpack
+
+from .devices import device_type
+from .generation import Generated, Generator
+from .heartbeat import dead_workers
+from .pipelines import Embedder
+
+if TYPE_CHECKING:
+    from .main import Worker
+
+log = logging.getLogger(__name__)
+Entry = tuple[bytes, dict[bytes, bytes]]
+POLL_S = 0.0005
+"""Pause between reads while filling a batch: a round trip costs about a tenth of a millisecond."""
+
+
+class InteractiveLane:
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.settings = worker.settings
+        self.redis = worker.redis
+        self.stream_models = {s: m for m in worker.pipelines for s in worker.streams(m)}
+        kinds = {s: isinstance(worker.pipelines[m], Embedder) for s, m in self.stream_models.items()}
+        self.embed_streams = {s: ">" for s, embeds in kinds.items() if embeds}
+        self.gen_streams = {s: ">" for s, embeds in kinds.items() if not embeds}
+        self._recent: dict[str, deque[int]] = {}
+        self.outbox: list[tuple[str, bytes]] = []
+        """Generation messages produced during a step, pushed together after it."""
+        self.recovering = False
+        """Set after a Redis failure: this worker's own unacked entries (their replies or acks may not
+        have reached Redis) are read again before new ones."""
+
+    # --- reading
+
+    def read(self, block: bool) -> list[tuple[bytes, list[Entry]]]:
+        """New entries. Generation streams only as many as the engines have free slots, so no prompt
+        waits in this worker while a peer is idle."""
+        cap, r, me = self.settings.batch_max, self.redis, self.worker.worker_id
+        gen_slots = min((self.worker.pipelines[self.stream_models[s]].free_slots for s in self.gen_streams),
+                        default=0)
+        streams = {**self.embed_streams, **(self.gen_streams if gen_slots else {})}
+        if not streams:
+            return []
+        if self.recovering:
+            own = [(s, e) for s, e in r.xreadgroup(GROUP, me, dict.fromkeys(streams, "0"), count=cap) or [] if e]
+            if own:
+                self.worker.counters["redelivered_own"] += sum(len(e) for _, e in own)
+                return own
+            self.recovering = False
+        if not block:
+            got = []
+            if self.embed_streams:
+                got += r.xreadgroup(GROUP, me, self.embed_streams, count=cap) or []
+            if gen_slots:
+                got += r.xreadgroup(GROUP, me, self.gen_streams, count=gen_slots) or []
+            return got
+        got = r.xreadgroup(GROUP, me, streams, count=1, block=self.settings.bulk_poll_ms) or []
+        for stream, entries in got:
+            if stream.decode() in self.embed_streams and cap > 1:  # a lone job was read; take what else waits
+                entries += (r.xreadgroup(GROUP, me, {stream: ">"}, count=cap - 1) or [(None, [])])[0][1]
+        return got
+
+    def _fill(self, stream: str, entries: list[Entry], model: str) -> None:
+        """Under load, wait a few ms for more jobs so one inference serves them all; a lone job never waits.
+
+        The target is the largest of the recent batches: with 8 callers a batch of 8 goes at once, with 32
+        the worker waits for 32 (up to `batch_window_ms`). Polling, not XREADGROUP BLOCK: Redis checks
+        blocked clients' timeouts only on its cron tick (hz 10: ~100 ms), far coarser than the window.
+        """
+        recent = self._recent.setdefault(model, deque(maxlen=8))
+        target = min(self.settings.batch_max, max(recent, default=1))
+        recent.append(len(entries))
+        window = self.settings.batch_window_ms / 1000
+        if window <= 0 or len(entries) >= target or (len(entries) < 2 and target < 2):
+            return
+        end = time.monotonic() + window
+        while len(entries) < target and time.monotonic() < end:
+            more = self.redis.xreadgroup(GROUP, self.worker.worker_id, {stream: ">"}, count=target - len(entries))
+            if more:
+                entries += more[0][1]
+            else:
+                time.sleep(POLL_S)
+        recent[-1] = len(entries)
+
+    def _decode(self, stream: str, entries: list[Entry]) -> tuple[list[tuple[bytes, Job]], list[bytes]]:
+        """Jobs still worth running, and ids to ack without running (late or malformed)."""
+        now, jobs, drop = time.time(), [], []
+        counters = self.worker.counters
+        for entry_id, fields in entries:
+            if not fields:  # deleted while pending (Redis < 7 still hands such entries out)
+                drop.append(entry_id)
+                continue
+            try:
+                job = Job.model_validate(unpack(fields[b"j"]))
+            except Exception as exc:
+                log.error("malformed job %s on %s dead-lettered: %s", entry_id, stream, exc)
+                self.redis.xadd(self.worker.keys.dead(self.stream_models[stream]), {**fields, b"reason": b"malformed"},
+                                maxlen=self.settings.dead_letter_max, approximate=True)
+                counters["malformed"] += 1
+                drop.append(entry_id)
+                continue
+            if job.deadline < now:
+                # The caller has given up (and may have a cloud answer): running it would be wasted work.
+                counters["dropped_late"] += 1
+                _log_job(job, logging.INFO, "dropped job %s: deadline passed %.0f ms ago", job.id,
+                         (now - job.deadline) * 1000)
+                drop.append(entry_id)
+                continue
+            jobs.append((entry_id, job))
+        return jobs, drop
+
+    # --- serving
+
+    def serve(self, stream: str, entries: list[Entry]) -> None:
+        model = self.stream_models[stream]
+        pipeline = self.worker.pipelines[model]
+        if isinstance(pipeline, Embedder):
+            self._fill(stream, entries, model)
+            jobs, drop = self._decode(stream, entries)
+            self.finish(stream, drop + [e for e, _ in jobs], self._embed(pipeline, [j for _, j in jobs]))
+        else:
+            jobs, drop = self._decode(stream, entries)
+            self.finish(stream, drop + [e for e, _ in jobs], [self._admit(pipeline, job) for _, job in jobs])
+
+    def _base(self, pipeline: Embedder | Generator, job: Job, started: float) -> dict[str, Any]:
+        return {"ok": True, "device": device_type(pipeline.device), "node_id": self.settings.node_id,
+                "worker_id": self.worker.worker_id, "queue_ms": max(0.0, (started - job.created) * 1000)}
+
+    def _embed(self, pipeline: Embedder, jobs: list[Job]) -> list[tuple[Job, Reply]]:
+        replies: list[tuple[Job, Reply]] = []
+        accepted: list[tuple[Job, list[int], list[bool]]] = []
+        all_counts = pipeline.count_tokens([t for job in jobs for t in job.texts or []]) if jobs else []
+        row = 0
+        for job in jobs:
+            n = len(job.texts or [])
+            try:
+                counts, truncated = pipeline.check(job.texts or [], job.truncate, all_counts[row:row + n],
+                                                   self.settings.max_request_tokens)
+                accepted.append((job, counts, truncated))
+            except NPUError as exc:
+                replies.append((job, error_reply(exc)))
+            row += n
+        if not accepted:
+            return replies
+        texts = [t for job, _, _ in accepted for t in job.texts or []]
+        started = time.time()
+        try:
+            vectors = self.worker.run_embed(pipeline, texts)
+        except Exception as exc:
+            log.exception("embedding inference failed for %d jobs", len(accepted))
+            return replies + [(job, failure_reply(exc)) for job, _, _ in accepted]
+        inference_ms = (time.time() - started) * 1000
+        row = 0
+        for job, counts, truncated in accepted:
+            _log_job(job, logging.DEBUG, "embedded job %s: %d texts in a batch of %d, %.1f ms", job.id,
+                     len(job.texts or []), len(texts), inference_ms)
+            part = vectors[row:row + len(job.texts or [])]
+            row += len(part)
+            replies.append((job, Reply(**self._base(pipeline, job, started), vectors=part.tobytes(),
+                                       dim=part.shape[1], token_counts=counts, truncated=truncated,
+                                       inference_ms=inference_ms, batch_size=len(texts))))
+        self.worker.counters["jobs"] += len(accepted)
+        return replies
+
+    def _admit(self, pipeline: Generator, job: Job) -> tuple[Job, Reply]:
+        """Start a generation in the engine; its tokens and end arrive through the outbox."""
+        started = time.time()
+        try:
+            pipeline.check(job.prompt or "")
+            pipeline.submit(job.prompt or "", job.max_tokens, job.temperature,
+                            on_done=partial(self._generated, pipeline, job, started),
+                            on_delta=partial(self._delta, job) if job.stream else None)
+        except NPUError as exc:
+            return job, error_reply(exc)
+        except Exception as exc:
+            _log_job(job, logging.ERROR, "could not start generation %s", job.id, exc_info=True)
+            return job, failure_reply(exc)
+        counters = self.worker.counters
+        counters["peak_generations"] = max(counters["peak_generations"], len(pipeline.active))
+        return job, Reply(**self._base(pipeline, job, started), event="start")
+
+    def _delta(self, job: Job, text: str) -> None:
+        self.outbox.append((job.reply, pack(Reply(ok=True, event="delta", delta=text))))
+
+    def _generated(self, pipeline: Generator, job: Job, started: float, result: Generated | Exception) -> None:
+        if isinstance(result, Exception):
+            reply = failure_reply(result)
+        else:
+            self.worker.counters["jobs"] += 1
+            self.worker.count_model(pipeline.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
+            reply = Reply(**self._base(pipeline, job, started), event="done", text=result.text,
+                          prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                          finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,
+                          inference_ms=result.duration_ms)
+        self.outbox.append((job.reply, pack(reply)))
+
+    def flush(self) -> None:
+        if not self.outbox:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key in dict.fromkeys(k for k, _ in self.outbox):
+            pipe.rpush(key, *[m for k, m in self.outbox if k == key])
+            pipe.expire(key, self.settings.reply_ttl_s)
+        self.outbox.clear()
+        pipe.execute()
+
+    def finish(self, stream: str, entry_ids: list[bytes], replies: list[tuple[Job, Reply]]) -> None:
+        """Replies and acks in one round trip. Entries are deleted once acked, so XLEN is the backlog."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job, reply in replies:
+            pipe.rpush(job.reply, pack(reply))
+            pipe.expire(job.reply, self.settings.reply_ttl_s)
+        if entry_ids:
+            pipe.xack(stream, GROUP, *entry_ids)
+            pipe.xdel(stream, *entry_ids)
+        pipe.execute()
+
+    # --- dead consumers
+
+    def reclaim(self) -> bool:
+        """Take over entries pending on workers whose heartbeat expired (they died mid-batch).
+
+        Only dead consumers' entries are claimed, never a live worker's: XAUTOCLAIM cannot tell a dead
+        consumer from one in a long batch, so a short idle time would have it steal live work, and a long
+        one would leave a dead worker's jobs waiting. An entry already handed `max_deliveries` times to
+        workers that died with it is a poison job: it goes to the dead-letter stream and its caller (if
+        still waiting) gets an error, instead of killing worker after worker. Dead consumers with nothing
+        pending are removed from the group, so restarts do not grow it.
+        """
+        r, s, me = self.redis, self.settings, self.worker.worker_id
+        pipe = r.pipeline(transaction=False)
+        for stream in self.stream_models:
+            pipe.xinfo_consumers(stream, GROUP)
+        consumers = {stream: [(c["name"].decode(), c["pending"], c["idle"]) for c in info]
+                     for stream, info in zip(self.stream_models, pipe.execute(), strict=True)}
+        names = sorted({name for found in consumers.values() for name, _, _ in found if name != me})
+        dead = dead_workers(r, self.worker.keys, names)
+        did = False
+        for stream, found in consumers.items():
+            for name, pending, idle in found:
+                if name not in dead:
+                    continue
+                if pending == 0:
+                    if idle >= s.claim_idle_ms:
+                        r.xgroup_delconsumer(stream, GROUP, name)
+                    continue
+                did |= self._take_over(stream, name)
+        return did
+
+    def _take_over(self, stream: str, consumer: str) -> bool:
+        s, model = self.settings, self.stream_models[stream]
+        pending = self.redis.xpending_range(stream, GROUP, "-", "+", s.batch_max, consumername=consumer,
+                                            idle=s.claim_idle_ms)
+        if not pending:
+            return False
+        poison = [p["message_id"] for p in pending if p["times_delivered"] >= s.max_deliveries]
+        retry = [p["message_id"] for p in pending if p["times_delivered"] < s.max_deliveries]
+        if poison:
+            self._dead_letter(model, stream, poison)
+        if retry:
+            claimed = self._claim(stream, retry)
+            if claimed:
+                log.warning("took over %d job(s) of dead worker %s on %s", len(claimed), consumer, stream)
+                self.worker.counters["reclaimed"] += len(claimed)
+                self.serve(stream, claimed)
+        return True
+
+    def _claim(self, stream: str, ids: list[bytes]) -> list[Entry]:
+        """Claim `ids` for this worker; XCLAIM's min-idle-time makes a race between two peers harmless (the
+        loser claims nothing). Entries deleted while pending are claimed too but come back without an id
+        (Redis 6.2) or not at all (7): they are acked here, as there is nothing to run."""
+        me = self.worker.worker_id
+        claimed = self.redis.xclaim(stream, GROUP, me, self.settings.claim_idle_ms, ids)
+        entries = [(entry_id, fields) for entry_id, fields in claimed if entry_id is not None and fields]
+        if len(entries) < len(claimed):
+            kept = {entry_id for entry_id, _ in entries}
+            mine = self.redis.xpending_range(stream, GROUP, "-", "+", len(ids) + self.settings.batch_max,
+                                             consumername=me)
+            vanished = [p["message_id"] for p in mine if p["message_id"] in set(ids) - kept]
+            if vanished:
+                self.redis.xack(stream, GROUP, *vanished)
+        return entries
+
+    def _dead_letter(self, model: str, stream: str, ids: list[bytes]) -> None:
+        s = self.settings
+        entries = self._claim(stream, ids)
+        replies = []
+        for _, fields in entries:
+            self.redis.xadd(self.worker.keys.dead(model), {**fields, b"reason": b"too many deliveries"},
+                            maxlen=s.dead_letter_max, approximate=True)
+            self.worker.counters["dead_lettered"] += 1
+            log.error("dead-lettered a job on %s: its workers died %d times", stream, s.max_deliveries)
+            try:
+                job = Job.model_validate(unpack(fields[b"j"]))
+            except Exception:
+                continue
+            replies.append((job, Reply(ok=False, event="done", error="job_failed", status=500,
+                                       message=f"the job was handed to {s.max_deliveries} workers that died "
+                                               "running it; kept in the dead-letter stream")))
+        self.finish(stream, [entry_id for entry_id, _ in entries], replies)
+
+
+def _log_job(job: Job, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+    """Log under the job's request id, so a request can be followed from the facade's logs to here."""
+    if not log.isEnabledFor(level):
+        return
+    token = request_id.set(job.request_id or job.id)
+    try:
+        log.log(level, message, *args, exc_info=exc_info)
+    finally:
+        request_id.reset(token)
+
+
+def error_reply(exc: NPUError) -> Reply:
+    return Reply(ok=False, event="done", error=exc.code, status=exc.status, message=exc.message,
+                 detail=exc.extra or None)
+
+
+def failure_reply(exc: Exception) -> Reply:
+    return Reply(ok=False, event="done", error="inference_failed", status=500, message=f"inference failed: {exc}")

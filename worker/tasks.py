@@ -1,0 +1,55 @@
+"""The bulk lane's RQ functions, and the result shapes both lanes share.
+
+Backends enqueue these by name (`dispatcher.protocol.EMBED_TASK`), so they need no OpenVINO. The
+npu-worker process recognises them and runs many jobs in one inference; a plain `rq worker` with
+the msgpack serializer can also run them, one at a time, loading the model on first use.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from dispatcher.models import Registry
+from dispatcher.protocol import Prompt
+from dispatcher.settings import get_settings
+
+from .devices import device_type, parse_chain
+from .generation import Generated, Generator
+from .pipelines import Embedder
+
+
+def embed_result(pipeline: Embedder, vectors: np.ndarray, counts: list[int], truncated: list[bool],
+                 node_id: str) -> dict[str, Any]:
+    return {"embeddings": vectors.tolist(), "model": pipeline.spec.name, "dim": int(vectors.shape[1]),
+            "token_counts": counts, "truncated": truncated, "device": device_type(pipeline.device),
+            "node_id": node_id, "source": "npu"}
+
+
+def generate_result(pipeline: Generator, result: Generated, node_id: str) -> dict[str, Any]:
+    return {"text": result.text, "model": pipeline.spec.name, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason,
+            "device": device_type(pipeline.device), "node_id": node_id, "source": "npu"}
+
+
+@cache
+def _pipeline(model: str) -> Embedder | Generator:
+    settings = get_settings()
+    spec, chain = Registry.load(settings).get(model), parse_chain(settings.devices)
+    return Embedder(spec, chain) if spec.task == "embedding" else Generator(spec, chain)
+
+
+def embed(texts: list[str], model: str, truncate: bool = False) -> dict[str, Any]:
+    pipeline = _pipeline(model)
+    assert isinstance(pipeline, Embedder), f"{model} is not an embedding model"
+    counts, truncated = pipeline.check(texts, truncate, max_total=get_settings().max_request_tokens)
+    return embed_result(pipeline, pipeline.embed(texts), counts, truncated, get_settings().node_id)
+
+
+def generate(prompt: Prompt, model: str, max_tokens: int | None = None,
+             temperature: float | None = None) -> dict[str, Any]:
+    pipeline = _pipeline(model)
+    assert isinstance(pipeline, Generator), f"{model} is not a generation model"
+    return generate_result(pipeline, pipeline.generate(prompt, max_tokens, temperature), get_settings().node_id)
