@@ -1,0 +1,1 @@
+"""The HTTP facade: FastAPI routers over the dispatcher."""

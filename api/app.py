@@ -1,0 +1,62 @@
+"""The facade's application factory: `uvicorn --factory api.app:create_app`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.exceptions import RedisError
+
+from dispatcher.client import AsyncDispatcher
+from dispatcher.settings import Settings, get_settings
+
+from . import errors
+from .auth import Authenticator
+from .middleware import RequestIdMiddleware
+from .openapi import document_limits
+from .responses import ORJSONResponse
+from .routes import embeddings, fleet, health, inference, liveness, metrics, models, openai, schema, ui, whoami
+
+log = logging.getLogger(__name__)
+
+
+async def _sample_history(dispatcher: AsyncDispatcher) -> None:
+    """Utilization history for the operator page, every `history_interval_s`, while the facade runs."""
+    while True:
+        try:
+            await fleet.sample_history(dispatcher)
+        except RedisError as exc:
+            log.debug("history sample skipped: %s", exc)
+        await asyncio.sleep(dispatcher.settings.history_interval_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.dispatcher = AsyncDispatcher(settings)
+        sampler = asyncio.create_task(_sample_history(app.state.dispatcher))
+        yield
+        sampler.cancel()
+        await app.state.dispatcher.aclose()
+
+    # FastAPI's own schema and docs routes would be unauthenticated: off; `routes/schema.py` serves the
+    # schema behind read access instead.
+    app = FastAPI(title="npu-worker", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
+                  openapi_url=None, docs_url=None, redoc_url=None,
+                  description="Embeddings and generation on local accelerators through OpenVINO workers, "
+                              "with a cloud fallback. Every endpoint but `/livez` (and the operator page's static "
+                              "files) needs a service signature or an operator token.")
+    app.state.settings = settings
+    app.state.auth = Authenticator(settings)  # here, not in lifespan: missing credentials fail the build
+    # Each router declares its own requirement (api/auth.py); liveness and the page's shell are `public`.
+    for module in (liveness, health, models, metrics, schema, embeddings, inference, openai, fleet, whoami, ui):
+        app.include_router(module.router)
+    document_limits(app, settings)
+    app.add_middleware(RequestIdMiddleware)
+    errors.install(app)
+    return app

@@ -1,0 +1,154 @@
+"""Who is calling, and may they: dependencies every router declares (DESIGN.md section 6).
+
+No middleware and no list of exempt paths: a route is protected because its router names what it needs
+(`require_read`, `require_inference`, `require_admin`), and a route without one stands out in the route
+table, which the tests walk. A route that is meant to be open says so with `public` instead: `GET /livez`,
+and the operator page's shell (`/fleet`, its static files, the old settings URL's redirect), which hold no
+data and no secret; the page asks for an operator token and reads everything through the protected API.
+
+A caller is a service (valid `X-Service-*` signature) or an operator (`Authorization: Bearer` token).
+Roles: a service may call inference and read; a viewer may only read; an admin may do everything.
+Viewers may not run inference: reading status should not spend the accelerator or reach the cloud.
+A request that carries any `X-Service-*` header is judged by its signature alone, never by a token too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+
+from dispatcher.credentials import accepted
+from dispatcher.errors import ForbiddenError, UnauthorizedError
+from dispatcher.protocol import Keys
+from dispatcher.settings import Settings
+from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, verify
+
+from .metrics import AUTH_FAILURES
+from .schemas import ErrorResponse
+
+log = logging.getLogger(__name__)
+
+Role = Literal["service", "viewer", "admin"]
+
+RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorResponse, "description": "missing credentials, expired signature or invalid credentials"},
+    403: {"model": ErrorResponse, "description": "authenticated, but the role may not call this endpoint"},
+}
+"""For each protected router's OpenAPI answers."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: Role
+    name: str
+    """Service id, or the operator role: what logs may say about a caller."""
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Authenticator:
+    """One per app: the accepted keys and tokens, read once when the app is built (a bad set fails then)."""
+
+    def __init__(self, settings: Settings):
+        self.accepted = accepted(settings)
+        self.window_s = settings.auth_window_s
+        self.require_v2 = settings.auth_require_v2
+        self.keys = Keys(settings.key_prefix)
+        # Compared as digests: equal lengths, so the comparison time says nothing about a token's length.
+        self._admin = [_digest(t) for t in self.accepted.admin_tokens]
+        self._viewer = [_digest(t) for t in self.accepted.viewer_tokens]
+        log.info("auth: accepting %s%s", self.accepted.summary(), "; v2 signatures only" if self.require_v2 else "")
+
+    async def authenticate(self, request: Request) -> Principal:
+        if any(name in request.headers for name in AUTH_HEADERS):
+            return await self._service(request)
+        return self._operator(request)
+
+    async def _service(self, request: Request) -> Principal:
+        headers: dict[str, str] = {}
+        for name in AUTH_HEADERS:
+            values = request.headers.getlist(name)
+            if len(values) > 1:  # two values may be read differently by a proxy and by us: refuse
+                raise UnauthorizedError(UnauthorizedError.INVALID, "duplicate_header")
+            if values:
+                headers[name] = values[0]
+        body = await request.body() if HEADER_NONCE in headers else b""
+        verified = verify(headers, request.method, request.url.path, request.scope.get("query_string", b""), body,
+                          self.accepted.service_keys, window_s=self.window_s, require_v2=self.require_v2)
+        if verified.nonce is not None:
+            redis = request.app.state.dispatcher.redis
+            fresh = await redis.set(self.keys.nonce(verified.service_id, verified.nonce), b"1", nx=True,
+                                    ex=verified.nonce_ttl(self.window_s))
+            if not fresh:
+                raise UnauthorizedError(UnauthorizedError.INVALID, "replayed_nonce")
+        return Principal("service", verified.service_id)
+
+    def _operator(self, request: Request) -> Principal:
+        values = request.headers.getlist("authorization")
+        if not values:
+            raise UnauthorizedError(UnauthorizedError.MISSING, "missing_headers")
+        scheme, _, token = values[0].partition(" ")
+        if len(values) > 1 or scheme.lower() != "bearer" or not token.strip():
+            raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_authorization")
+        digest = _digest(token.strip())
+        admin = viewer = False
+        for known in self._admin:  # no early exit: timing does not tell which token (or role) matched
+            admin |= hmac.compare_digest(digest, known)
+        for known in self._viewer:
+            viewer |= hmac.compare_digest(digest, known)
+        if admin:
+            return Principal("admin", "admin")
+        if viewer:
+            return Principal("viewer", "viewer")
+        raise UnauthorizedError(UnauthorizedError.INVALID, "bad_token")
+
+
+def _refused(request: Request, reason: str, who: str) -> None:
+    """Counted and logged with the precise cause; never a signature, key or token."""
+    AUTH_FAILURES.labels(reason=reason).inc()
+    client = request.client.host if request.client else "-"
+    log.warning("auth refused %s %s: %s (caller %s, from %s)", request.method, request.url.path, reason,
+                who[:64], client)
+
+
+async def authenticate(request: Request) -> Principal:
+    """The caller, verified once per request (FastAPI caches it across the dependencies that ask)."""
+    try:
+        principal = await request.app.state.auth.authenticate(request)
+    except UnauthorizedError as exc:
+        _refused(request, exc.reason, request.headers.get(HEADER_ID) or "-")
+        raise
+    request.state.principal = principal
+    return principal
+
+
+def _requirement(name: str, roles: frozenset[Role]) -> Callable[..., Awaitable[Principal]]:
+    async def requirement(request: Request, principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if principal.role not in roles:
+            _refused(request, "forbidden", f"{principal.role}:{principal.name}")
+            raise ForbiddenError(f"the {principal.role} role may not call this endpoint")
+        return principal
+
+    requirement.__name__ = requirement.__qualname__ = name
+    return requirement
+
+
+require_read = _requirement("require_read", frozenset({"service", "viewer", "admin"}))
+"""Status and listings: health, models, metrics, the API schema."""
+require_inference = _requirement("require_inference", frozenset({"service", "admin"}))
+"""Work on the accelerators (or the cloud): embeddings, generation."""
+require_admin = _requirement("require_admin", frozenset({"admin"}))
+"""Changes: role assignment, load-balancing, model load/unload."""
+
+
+async def public() -> None:
+    """The explicit mark of a route that needs no credentials: it must carry no data, no secret, and take
+    no input beyond its path. `tests/api/test_auth.py` pins the set of such routes."""

@@ -1,0 +1,74 @@
+"""`POST /inference` (seed contract): a prompt in, generated text out; `"stream": true` for server-sent events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
+
+from dispatcher.client import GenerateResult, StreamChunk
+from dispatcher.errors import NPUError
+
+from .. import metrics
+from ..auth import RESPONSES, require_inference
+from ..deps import Dispatcher
+from ..schemas import InferenceRequest, InferenceResponse, Timings, Usage
+from .embeddings import ERRORS
+
+router = APIRouter(tags=["inference"], dependencies=[Depends(require_inference)],
+                   responses=RESPONSES)
+
+
+def _response(result: GenerateResult) -> InferenceResponse:
+    total = (result.prompt_tokens or 0) + (result.completion_tokens or 0) or None
+    return InferenceResponse(
+        text=result.text, model=result.model, source=result.source, device=result.device, node_id=result.node_id,
+        usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                    total_tokens=total),
+        finish_reason=result.finish_reason, fallback_reason=result.fallback_reason,
+        timings=Timings(**result.timings))
+
+
+async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started: float) -> AsyncIterator[bytes]:
+    """Events of a started stream. A failure after the 200 went out (the worker died mid-text, Redis
+    vanished) ends the stream with an error event rather than a cut connection."""
+    chunk: StreamChunk | None = first
+    try:
+        while chunk is not None:
+            if chunk.done and chunk.result:
+                r = chunk.result
+                metrics.observe("/inference", r.model, r.source, time.perf_counter() - started, r.timings,
+                                r.fallback_reason)
+                yield b"data: " + orjson.dumps({"done": True, **_response(r).model_dump()}) + b"\n\n"
+            elif chunk.delta:
+                yield b"data: " + orjson.dumps({"delta": chunk.delta}) + b"\n\n"
+            chunk = await anext(rest, None)
+    except NPUError as exc:
+        yield b"data: " + orjson.dumps({"done": True, "status": exc.status, **exc.to_dict()}) + b"\n\n"
+    except RedisError:
+        yield b"data: " + orjson.dumps({"done": True, "status": 503, "error": "redis_unavailable",
+                                        "message": "the job store became unreachable"}) + b"\n\n"
+
+
+@router.post("/inference", response_model=InferenceResponse, responses={
+    **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or events when streaming"}})
+async def inference(body: InferenceRequest, dispatcher: Dispatcher) -> Any:
+    started = time.perf_counter()
+    chunks = dispatcher.stream(body.prompt, body.model, max_tokens=body.max_tokens, temperature=body.temperature,
+                               allow_cloud=body.allow_cloud, deltas=body.stream)
+    # The first chunk is awaited here, so a refused request is a plain JSON error with its status code.
+    first = await anext(chunks)
+    if not body.stream:
+        while not first.done:
+            first = await anext(chunks)
+        assert first.result is not None
+        r = first.result
+        metrics.observe("/inference", r.model, r.source, time.perf_counter() - started, r.timings, r.fallback_reason)
+        return _response(r)
+    return StreamingResponse(_events(first, chunks, started), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,22 @@
+"""`GET /metrics`: Prometheus text format, the facade's own counters plus the fleet's heartbeats,
+for a scraper holding a viewer token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from dispatcher.fleet import live_heartbeats
+
+from .. import metrics
+from ..auth import RESPONSES, require_read
+from ..deps import Dispatcher
+
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require_read)], responses=RESPONSES)
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus(dispatcher: Dispatcher) -> Response:
+    beats = await live_heartbeats(dispatcher.redis, dispatcher.keys)
+    return Response(metrics.render(beats), media_type=CONTENT_TYPE_LATEST)

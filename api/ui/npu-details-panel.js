@@ -1,0 +1,157 @@
+// One NPU node in detail: models with load/unload, inference time and throughput, memory, queues, and
+// the utilization history chart (uPlot). Polls the node's details while open.
+import { describe, enc, get, post } from "./api.js";
+import { ago, deviceOf, num, pct } from "./format.js";
+import { POLL_MS } from "./poll.js";
+
+const { markRaw } = Vue;
+
+export const NPUDetailsPanel = {
+  name: "NPUDetailsPanel",
+  props: { node: Object, isAdmin: Boolean, now: Number },
+  emits: ["close", "changed"],
+  data() {
+    return { details: null, error: null, pending: {}, actionError: "", timer: null };
+  },
+  computed: {
+    device() { return deviceOf(this.node); },
+    queueTotal() {
+      if (!this.details) return null;
+      return Object.values(this.details.queueDepth).reduce((s, q) => s + q.interactive + q.bulk, 0);
+    },
+    samples() { return this.details ? this.details.history.length : 0; },
+  },
+  async mounted() {
+    await this.load();
+    this.timer = setInterval(() => this.load(), POLL_MS);
+    this.resize = new ResizeObserver(() => this.chart && this.chart.setSize(this.size()));
+    this.resize.observe(this.$refs.chartBox);
+  },
+  beforeUnmount() {
+    clearInterval(this.timer);
+    if (this.resize) this.resize.disconnect();
+    if (this.chart) this.chart.destroy();
+  },
+  methods: {
+    ago, num, pct,
+    async load() {
+      try {
+        this.details = await get(`api/nodes/${enc(this.node.id)}/npu/details`);
+        this.error = null;
+        this.settle();
+        this.draw();
+      } catch (error) {
+        this.error = error;
+      }
+    },
+    settle() {
+      // A load or unload is pending until the node's workers report the change.
+      for (const m of this.details.models) {
+        const want = this.pending[m.name];
+        if (want && (want.load === m.loaded)) delete this.pending[m.name];
+      }
+    },
+    state(model) {
+      const want = this.pending[model.name];
+      if (want && Date.now() - want.at > 30000) return "asked; not applied yet";
+      if (want) return want.load ? "loading…" : "unloading…";
+      if (model.wanted === false && model.loaded) return "unloading…";
+      if (model.wanted === true && !model.loaded && this.node.status === "online" && this.node.models) {
+        return "loading…";
+      }
+      return model.loaded ? "loaded" : "not loaded";
+    },
+    async setLoaded(model, load) {
+      this.actionError = "";
+      try {
+        await post(`api/nodes/${enc(this.node.id)}/models/${enc(model.name)}/${load ? "load" : "unload"}`);
+        this.pending = { ...this.pending, [model.name]: { load, at: Date.now() } };
+        this.$emit("changed");
+      } catch (error) {
+        this.actionError = describe(error);
+      }
+    },
+    queue(name) {
+      const q = this.details && this.details.queueDepth[name];
+      return q ? `${q.interactive} / ${q.bulk}` : "—";
+    },
+    size() {
+      return { width: Math.max(200, this.$refs.chartBox.clientWidth), height: 180 };
+    },
+    draw() {
+      const history = this.details.history;
+      const data = [history.map((s) => s[0]), history.map((s) => s[1])];
+      // At least the last five minutes on the time axis (an empty point in front), so a few samples do
+      // not stretch over an axis of uPlot's choosing.
+      if (history.length && history[0][0] > history[history.length - 1][0] - 300) {
+        data[0].unshift(history[history.length - 1][0] - 300);
+        data[1].unshift(null);
+      }
+      if (this.chart) {
+        this.chart.setData(data);
+        return;
+      }
+      if (!history.length) return;
+      this.chart = markRaw(new uPlot({
+        ...this.size(),
+        scales: { y: { range: [0, 100] } },
+        axes: [{}, { values: (u, ticks) => ticks.map((t) => `${t}%`) }],
+        series: [{}, { label: "utilization", stroke: "#2f6fde", fill: "rgba(47,111,222,0.12)", width: 2,
+                       value: (u, v) => (v == null ? "—" : `${v.toFixed(1)}%`) }],
+        legend: { show: true },
+      }, data, this.$refs.chartBox));
+    },
+  },
+  template: `
+  <section class="card details" data-test="details-panel" :data-node="node.id">
+    <header>
+      <h2>{{ node.name }} <span v-if="node.id !== node.name" class="muted small">{{ node.id }}</span>
+        <span v-if="node.address" class="muted small">{{ node.address }}</span></h2>
+      <span class="spacer"></span>
+      <button class="link" @click="$emit('close')" aria-label="close details">Close</button>
+    </header>
+    <p v-if="error" class="error" role="alert">Details could not be read: {{ error.message }}</p>
+    <div class="tiles">
+      <div class="tile"><span class="label">Status</span><span><span class="dot" :class="node.status"></span>
+        {{ node.status }}</span></div>
+      <div class="tile"><span class="label">Device</span><span>{{ device || "—" }}</span></div>
+      <div class="tile"><span class="label">Memory</span>
+        <span data-test="memory">{{ details ? num(details.memoryGB, 1, " GB") : "—" }}</span></div>
+      <div class="tile"><span class="label">Queue depth</span>
+        <span data-test="queue">{{ queueTotal == null ? "—" : queueTotal }}</span></div>
+      <div class="tile"><span class="label">Utilization</span>
+        <span>{{ details ? pct(details.utilization) : "—" }}</span></div>
+      <div class="tile"><span class="label">Last health check</span><span>{{ node.lastHealthCheck ? ago(node.lastHealthCheck, now)
+        : (node.status === "online" ? "live heartbeats" : "never") }}</span></div>
+    </div>
+    <h3>Models</h3>
+    <table class="table" data-test="details-models">
+      <thead><tr><th>Model</th><th>Task</th><th>State</th><th>Device</th><th>Inferences</th>
+        <th>Mean inference time</th><th>Throughput</th><th>Queue (interactive / bulk)</th><th></th></tr></thead>
+      <tbody v-if="details">
+        <tr v-for="m in details.models" :key="m.name" :data-model="m.name">
+          <td>{{ m.name }}</td><td>{{ m.task }}</td>
+          <td data-test="model-state"><span class="chip" :class="{on: m.loaded}">{{ state(m) }}</span></td>
+          <td>{{ m.device || "—" }}</td>
+          <td>{{ m.inferences }}</td>
+          <td>{{ num(m.meanLatencyMs, 1, " ms") }}</td>
+          <td>{{ num(m.throughputPerS, 1, " /s") }}</td>
+          <td>{{ queue(m.name) }}</td>
+          <td class="actions">
+            <button v-if="m.loaded" data-test="unload" :disabled="!isAdmin || !!pending[m.name]"
+                    :title="isAdmin ? 'Unload from this node' : 'Admin only'" @click="setLoaded(m, false)">Unload</button>
+            <button v-else data-test="load" :disabled="!isAdmin || !!pending[m.name]"
+                    :title="isAdmin ? 'Load on this node' : 'Admin only'" @click="setLoaded(m, true)">Load</button>
+          </td>
+        </tr>
+      </tbody>
+    </table>
+    <p v-if="details && !details.models.length" class="muted">No models are registered.</p>
+    <p v-if="actionError" class="error" role="alert">{{ actionError }}</p>
+    <h3>Utilization history <span class="muted small">{{ samples }} {{ samples === 1 ? "sample" : "samples" }}, one every
+      5 s, up to an hour</span></h3>
+    <div ref="chartBox" class="chart" data-test="chart"></div>
+    <p v-if="details && !samples" class="muted">No samples yet: the facade records one every 5 s while the node
+      has live workers.</p>
+  </section>`,
+};
