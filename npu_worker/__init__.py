@@ -1,0 +1,1 @@
+"""Process management for npu-worker: the CLI and the embedded Redis."""
