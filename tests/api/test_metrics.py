@@ -1,0 +1,52 @@
+"""`GET /metrics`: the facade's counters and the fleet's heartbeats in Prometheus format."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.app import create_app
+from dispatcher.settings import Settings
+from tests.cloud_server import CloudServer
+from tests.conftest import WorkerProcess, signed
+
+MODEL = "all-minilm-l6-v2"
+
+
+def scrape(c: TestClient) -> dict[tuple[str, tuple], float]:
+    response = c.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and all((k, x) in ls for k, x in labels.items()))
+
+
+def test_requests_sources_errors_and_fleet_gauges(settings: Settings, worker: WorkerProcess) -> None:
+    with signed(TestClient(create_app(settings))) as c:
+        before = scrape(c)
+        for _ in range(3):
+            assert c.post("/embeddings", json={"texts": ["a", "b"], "model": MODEL}).status_code == 200
+        assert c.post("/embeddings", json={"texts": ["a"], "model": "nope"}).status_code == 404
+        time.sleep(2.5)  # a heartbeat with the new counters
+        after = scrape(c)
+    delta = value(after, "npu_requests_total", route="/embeddings", source="npu", status="200") - \
+        value(before, "npu_requests_total", route="/embeddings", source="npu", status="200")
+    assert delta == 3
+    assert value(after, "npu_requests_total", route="/embeddings", status="404") >= 1
+    assert value(after, "npu_inference_duration_seconds_count", model=MODEL) >= 3
+    assert value(after, "npu_queue_depth", model=MODEL, lane="interactive") >= 0
+    assert value(after, "npu_workers_live", model=MODEL, device="cpu") >= 1
+    assert value(after, "npu_batch_size_count", worker=worker.beat().worker_id) >= 3
+    assert value(after, "npu_worker_utilization", node=settings.node_id) >= 0
+
+
+def test_fallbacks_are_counted_with_their_reason(isolated: Settings, cloud: CloudServer) -> None:
+    with signed(TestClient(create_app(isolated.model_copy(update={"cloud_base_url": cloud.base_url})))) as c:
+        before = value(scrape(c), "npu_fallbacks_total", model=MODEL, reason="no_worker")
+        assert c.post("/embeddings", json={"texts": ["x"], "model": MODEL}).json()["source"] == "cloud"
+        assert value(scrape(c), "npu_fallbacks_total", model=MODEL, reason="no_worker") == before + 1

@@ -1,0 +1,203 @@
+"""Both lanes end to end: dispatcher -> Redis -> a real worker process -> OpenVINO, and the fallbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from rq import Queue
+from rq.job import JobStatus
+
+from dispatcher import AsyncDispatcher, Dispatcher, JobFailedError, NPUUnavailableError
+from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, Keys, MsgpackSerializer
+from dispatcher.settings import Settings
+from tests.cloud_server import CloudServer
+from tests.conftest import WorkerProcess
+
+MODEL = "all-minilm-l6-v2"
+LLM = "smollm2-135m-instruct"
+
+
+@pytest.fixture
+def client(settings: Settings, worker: WorkerProcess) -> Dispatcher:
+    return Dispatcher(settings)
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_embeddings_are_real(client: Dispatcher) -> None:
+    texts = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."]
+    result = client.embed(texts, MODEL)
+    v = result.vectors
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.3  # a paraphrase is far closer than an unrelated sentence
+    assert result.source == "npu" and result.device == "cpu" and result.node_id
+    assert result.token_counts and all(n > 2 for n in result.token_counts)
+    again = client.embed(texts, MODEL).vectors
+    assert np.allclose(v, again, atol=1e-5)  # deterministic
+
+
+def test_async_form_gives_the_same_vectors(client: Dispatcher, settings: Settings) -> None:
+    async def run() -> np.ndarray:
+        d = AsyncDispatcher(settings)
+        try:
+            return (await d.embed(["hello world"], MODEL)).vectors
+        finally:
+            await d.aclose()
+
+    assert np.allclose(asyncio.run(run()), client.embed(["hello world"], MODEL).vectors, atol=1e-5)
+
+
+def test_concurrent_callers_are_batched_and_each_gets_its_own_vectors(client: Dispatcher,
+                                                                       worker: WorkerProcess) -> None:
+    texts = [f"sentence number {i} about topic {i % 5}" for i in range(48)]
+    alone = {t: client.embed([t], MODEL).vectors[0] for t in texts}
+    before = worker.beat().counters
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda t: (t, client.embed([t], MODEL).vectors[0]), texts * 2))
+    for text, vector in together:
+        assert np.allclose(vector, alone[text], atol=2e-3), text
+    time.sleep(2.5)  # next heartbeat carries the counters
+    after = worker.beat().counters
+    texts_run = after["texts"] - before.get("texts", 0)
+    batches = after["batches"] - before.get("batches", 0)
+    assert texts_run >= 96 and batches < texts_run  # at least some inferences served several callers
+
+
+def test_generation_returns_text(client: Dispatcher) -> None:
+    result = client.generate("What is the capital of France?", LLM, max_tokens=16)
+    assert result.source == "npu" and "Paris" in result.text
+    assert result.completion_tokens and 0 < result.completion_tokens <= 16
+
+
+def test_too_long_input_is_refused_by_the_worker_unless_truncation_is_asked(client: Dispatcher) -> None:
+    long_text = "word " * 400
+    with pytest.raises(JobFailedError) as err:
+        client.embed(["fine", long_text], MODEL)
+    assert err.value.status == 422 and err.value.code == "input_too_long" and err.value.extra["index"] == 1
+    result = client.embed(["fine", long_text], MODEL, truncate=True)
+    assert result.truncated == [False, True] and result.vectors.shape == (2, 384)
+
+
+def test_no_live_worker_falls_back_to_the_cloud_without_waiting(isolated: Settings, cloud: CloudServer) -> None:
+    d = Dispatcher(isolated.model_copy(update={"cloud_base_url": cloud.base_url, "cloud_api_key": "sk-test"}))
+    started = time.monotonic()
+    result = d.embed(["private? no, this one may go out"], MODEL, deadline_s=20)
+    assert time.monotonic() - started < 2  # no worker: no waiting for the deadline
+    assert result.source == "cloud" and result.fallback_reason == "no_worker" and result.vectors.shape == (1, 384)
+    assert cloud.calls[-1]["auth"] == "Bearer sk-test" and cloud.calls[-1]["body"]["model"] == MODEL
+    text = d.generate("hello", LLM)
+    assert text.source == "cloud" and text.text == "cloud answer to: hello"
+    assert d.redis.xlen(Keys(isolated.key_prefix).stream(MODEL)) == 0  # nothing left queued for nobody
+
+
+def test_allow_cloud_false_keeps_data_on_premises(isolated: Settings, cloud: CloudServer) -> None:
+    d = Dispatcher(isolated.model_copy(update={"cloud_base_url": cloud.base_url}))
+    calls = len(cloud.calls)
+    with pytest.raises(NPUUnavailableError) as err:
+        d.embed(["secret"], MODEL, allow_cloud=False)
+    assert err.value.status == 503 and len(cloud.calls) == calls
+
+
+def test_no_worker_and_no_cloud_is_unavailable(isolated: Settings) -> None:
+    with pytest.raises(NPUUnavailableError, match="no cloud fallback is configured"):
+        Dispatcher(isolated).generate("hi", LLM)
+
+
+def test_cloud_vectors_of_another_dimension_are_refused(isolated: Settings, wrong_dim_cloud: CloudServer) -> None:
+    d = Dispatcher(isolated.model_copy(update={"cloud_base_url": wrong_dim_cloud.base_url}))
+    with pytest.raises(NPUUnavailableError) as err:
+        d.embed(["x"], MODEL)
+    assert err.value.extra["reason"] == "cloud_dimension_mismatch"
+
+
+def test_stalled_worker_hits_the_deadline_then_drops_the_late_job(isolated: Settings, cloud: CloudServer) -> None:
+    """A worker that is alive (fresh heartbeat) but does not answer in time: the caller gets the cloud's
+    answer at the deadline, and the worker, once it runs again, drops the late job without running it."""
+    proc = WorkerProcess(isolated, models=[MODEL])
+    try:
+        proc.wait_live()
+        d = Dispatcher(isolated.model_copy(update={"cloud_base_url": cloud.base_url}))
+        assert d.embed(["warm"], MODEL).source == "npu"
+        proc.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        result = d.embed(["too late for the worker"], MODEL, deadline_s=1.0)
+        waited = time.monotonic() - started
+        assert result.source == "cloud" and result.fallback_reason == "deadline"
+        assert 0.9 <= waited < 3
+        proc.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            beat = proc.beat()
+            if beat and beat.counters.get("dropped_late"):
+                break
+            time.sleep(0.3)
+        assert beat and beat.counters.get("dropped_late") == 1 and beat.counters.get("jobs") == 1
+        assert d.redis.xlen(Keys(isolated.key_prefix).stream(MODEL)) == 0  # acked, not left behind
+    finally:
+        proc.stop()
+
+
+def test_bulk_job_through_plain_rq(settings: Settings, worker: WorkerProcess) -> None:
+    """A backend that knows only RQ: enqueue by function name with the msgpack serializer, read the result."""
+    r = settings.redis()
+    queue = Queue(Keys(settings.key_prefix).queue(MODEL), connection=r, serializer=MsgpackSerializer)
+    job = queue.enqueue(EMBED_TASK, kwargs={"texts": ["first document", "second document"], "model": MODEL},
+                        result_ttl=300)
+    bad = queue.enqueue(EMBED_TASK, kwargs={"texts": ["word " * 400], "model": MODEL}, result_ttl=300)
+    gen = Queue(Keys(settings.key_prefix).queue(LLM), connection=r, serializer=MsgpackSerializer).enqueue(
+        GENERATE_TASK, kwargs={"prompt": "Name a colour.", "model": LLM, "max_tokens": 8}, result_ttl=300)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(
+            j.get_status() in (JobStatus.FINISHED, JobStatus.FAILED) for j in (job, bad, gen)):
+        time.sleep(0.1)
+    assert job.get_status() == JobStatus.FINISHED
+    value = job.latest_result().return_value
+    vectors = np.asarray(value["embeddings"])
+    assert vectors.shape == (2, 384) and value["source"] == "npu" and value["device"] == "cpu"
+    expected = Dispatcher(settings).embed(["first document"], MODEL).vectors[0]
+    assert np.allclose(vectors[0], expected, atol=2e-3)  # same model, same answer on both lanes
+    assert job.id in queue.finished_job_registry.get_job_ids()
+    # A job that cannot run fails visibly, in RQ's own failed registry, with the reason.
+    assert bad.get_status() == JobStatus.FAILED
+    assert "input_too_long" in (bad.latest_result().exc_string or "") or "tokens" in bad.latest_result().exc_string
+    assert bad.id in queue.failed_job_registry.get_job_ids()
+    assert gen.get_status() == JobStatus.FINISHED and gen.latest_result().return_value["text"]
+
+
+def test_submit_helpers_return_rq_jobs(client: Dispatcher) -> None:
+    job = client.submit_embed(["via the dispatcher"], MODEL, result_ttl=300)
+    deadline = time.monotonic() + 30
+    while job.get_status() != JobStatus.FINISHED and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(job.latest_result().return_value["embeddings"][0]) == 384
+
+
+def test_stream_yields_deltas_that_add_up(client: Dispatcher) -> None:
+    chunks = list(client.stream("Count from one to ten.", LLM, max_tokens=24))
+    assert chunks[-1].done and chunks[-1].result and chunks[-1].result.source == "npu"
+    text = "".join(c.delta for c in chunks[:-1])
+    assert len(chunks) > 4 and text == chunks[-1].result.text
+
+
+def test_concurrent_generations_are_batched_by_the_worker(settings: Settings, worker: WorkerProcess) -> None:
+    """Four callers at once run together in the worker's engine (continuous batching), not in turn."""
+    async def four() -> list:
+        d = AsyncDispatcher(settings)
+        try:
+            return await asyncio.gather(*[d.generate(f"Write a short poem about the sea, number {i}.", LLM,
+                                                      max_tokens=48) for i in range(4)])
+        finally:
+            await d.aclose()
+
+    results = asyncio.run(four())
+    assert all(r.source == "npu" and r.text for r in results)
+    time.sleep(2.5)  # the next heartbeat carries the counters
+    assert worker.beat().counters["peak_generations"] >= 3

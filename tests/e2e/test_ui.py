@@ -1,0 +1,341 @@
+"""The operator page in headless Chromium (Debian's, driven by Playwright) against live facades and a real
+worker: sign-in, the stats row against the API, role assignment through the modal, unloading a model from
+the details panel, what a viewer may press, the old settings URL, and the error and empty states.
+
+Everything runs under a key prefix of this module's own, so the fleet the page shows is exactly this
+module's: one worker process (the embedding model only, quick to load), the facade the browser talks to,
+and a second facade that stands for another node's address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from dispatcher.settings import Settings
+from npu_worker.redis_server import free_port
+from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN, LiveFacade, WorkerProcess, _cleanup
+
+MODEL = "all-minilm-l6-v2"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+WAIT_MS = 15_000
+"""Longest wait for something the page shows after a poll (it polls every 2.5 s; workers apply a load or
+unload on their next heartbeat)."""
+
+
+@pytest.fixture(scope="module")
+def ui_settings(settings: Settings, redis_url: str) -> Iterator[Settings]:
+    prefix = f"{settings.key_prefix}ui{uuid.uuid4().hex[:4]}"
+    yield settings.model_copy(update={"key_prefix": prefix, "node_id": f"{prefix}-node"})
+    _cleanup(redis_url, prefix)
+
+
+@pytest.fixture(scope="module")
+def ui_worker(ui_settings: Settings) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(ui_settings, models=[MODEL], NPU_HEARTBEAT_INTERVAL_S="0.5")
+    try:
+        proc.wait_live()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def site(ui_settings: Settings, ui_worker: WorkerProcess) -> Iterator[LiveFacade]:
+    live = LiveFacade(ui_settings)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def peer(ui_settings: Settings, ui_worker: WorkerProcess) -> Iterator[LiveFacade]:
+    """Another node's facade: an address to register and detect, with no npu-worker role at first."""
+    live = LiveFacade(ui_settings)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, errors  # no script error on any page a test visited
+
+
+class API:
+    """The same API the page reads, with the admin token, to compare against and to set up state."""
+
+    def __init__(self, base_url: str):
+        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=20)
+
+    def __call__(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        assert response.status_code < 400, response.text
+        return response.json() if response.content else None
+
+    def npu_nodes(self) -> list[dict[str, Any]]:
+        return self("GET", "/api/fleet/nodes", params={"role": "npu-worker"})["nodes"]
+
+
+@pytest.fixture
+def api(site: LiveFacade) -> Iterator[API]:
+    client = API(site.url)
+    yield client
+    client.http.close()
+
+
+def sign_in(page: Page, base: str, token: str, path: str = "/fleet") -> None:
+    page.goto(base + path)
+    page.fill("input[name=token]", token)
+    page.click("[data-test=signin] button[type=submit]")
+    expect(page.locator("[data-test=role]")).to_be_visible()
+
+
+def card(page: Page, node_id: str) -> Any:
+    return page.locator(f"[data-test=node-card][data-node='{node_id}']")
+
+
+def wait_until(check: Any, timeout: float = WAIT_MS / 1000) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+# --- sign-in and the old URL
+
+
+def test_old_settings_url_redirects_to_the_tab_and_sign_in_checks_the_token(page: Page, site: LiveFacade) -> None:
+    response = httpx.get(site.url + "/settings/admin/npu-workers", follow_redirects=False)
+    assert response.status_code == 308 and response.headers["location"] == "/fleet#npu-workers"
+    page.goto(site.url + "/settings/admin/npu-workers")
+    assert page.url == site.url + "/fleet#npu-workers"
+    page.fill("input[name=token]", "not-a-token")
+    page.click("[data-test=signin] button[type=submit]")
+    expect(page.get_by_role("alert")).to_have_text("This token is not accepted.")
+    assert page.evaluate("sessionStorage.length") == 0  # a refused token is not kept
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("[data-test=signin] button[type=submit]")
+    expect(page.locator("[data-test=npu-workers-tab]")).to_be_visible()
+    expect(page.get_by_role("tab", name="NPU Workers")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("[data-test=role]")).to_have_text("admin")
+    assert ADMIN_TOKEN not in page.url
+    page.reload()  # the token lives in this tab's sessionStorage: a reload stays signed in
+    expect(page.locator("[data-test=npu-workers-tab]")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator("[data-test=signin]")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+# --- the NPU Workers tab against the API
+
+
+def test_stats_row_matches_the_api(page: Page, site: LiveFacade, api: API, ui_settings: Settings) -> None:
+    sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
+    expect(card(page, ui_settings.node_id)).to_be_visible()
+
+    def shown_and_expected() -> tuple[tuple[str, ...], tuple[str, ...]]:
+        shown = tuple(page.locator(f"[data-test=stat-{name}]").inner_text()
+                      for name in ("nodes", "models", "utilization"))
+        nodes = api.npu_nodes()
+        online = [n for n in nodes if n["status"] == "online"]
+        average = sum(n["utilization"] for n in online) / len(online)
+        return shown, (str(len(nodes)), str(sum(len(n["loadedModels"]) for n in nodes)), f"{average:.1f}%")
+
+    # Live values may move between the page's poll and this read: equal on one of a few tries.
+    assert wait_until(lambda: len(set(shown_and_expected())) == 1), shown_and_expected()
+    node = next(n for n in api.npu_nodes() if n["id"] == ui_settings.node_id)
+    assert node["loadedModels"] == [MODEL]
+    expect(card(page, ui_settings.node_id).locator("[data-test=model-count]")).to_have_text("1")
+    expect(card(page, ui_settings.node_id).locator("[data-test=device]")).to_have_text(node["deviceType"])
+
+
+def test_assigning_the_role_through_the_modal_shows_the_node_with_detected_capabilities(
+        page: Page, site: LiveFacade, peer: LiveFacade, api: API) -> None:
+    sign_in(page, site.url, ADMIN_TOKEN)
+    # Register the peer by address on the Nodes tab (no role yet)...
+    form = page.locator("[data-test=add-node]")
+    form.get_by_label("node name").fill("Peer node")
+    form.get_by_label("address").fill(peer.url)
+    form.get_by_role("button", name="Add node").click()
+    expect(page.locator("[data-test=nodes-table] tr[data-node=peer-node]")).to_contain_text(peer.url)
+    # ...then give it the role through the modal on the NPU Workers tab.
+    page.get_by_role("tab", name="NPU Workers").click()
+    expect(card(page, "peer-node")).to_have_count(0)
+    page.click("[data-test=assign-role]")
+    modal = page.locator("[data-test=assign-modal]")
+    modal.get_by_label("Peer node").check()
+    expect(modal.locator("[data-test=detection-status]")).to_have_text("Not detected yet.")
+    modal.locator("[data-test=detect]").click()  # preview: detection without the role
+    expect(modal.locator("[data-test=detection-status]")).to_contain_text("Detected")
+    expect(modal.locator("[data-test=capabilities]")).to_contain_text(MODEL)
+    assert "peer-node" not in [n["id"] for n in api.npu_nodes()]  # a preview assigns nothing
+    modal.locator("[data-test=confirm-assign]").click()
+    expect(modal).to_have_count(0)
+    peer_card = card(page, "peer-node")
+    expect(peer_card.locator("[data-test=device]")).to_have_text("cpu")
+    expect(peer_card.locator("[data-test=capabilities]")).to_contain_text("detected: cpu")
+    node = next(n for n in api.npu_nodes() if n["id"] == "peer-node")
+    assert node["detection"]["status"] == "ok" and MODEL in node["capabilities"]["models"]
+    expect(peer_card.locator("[data-test=capabilities]")).to_contain_text(
+        f"{len(node['capabilities']['models'])} models, {node['capabilities']['maxConcurrent']} concurrent")
+    expect(page.locator("[data-test=stat-nodes]")).to_have_text(str(len(api.npu_nodes())))
+
+
+def test_unloading_a_model_in_the_details_panel_changes_the_card(page: Page, site: LiveFacade,
+                                                                 ui_settings: Settings, api: API) -> None:
+    node_id = ui_settings.node_id
+    sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
+    node_card = card(page, node_id)
+    expect(node_card.locator("[data-test=model-count]")).to_have_text("1")
+    node_card.locator("[data-test=details]").click()
+    panel = page.locator("[data-test=details-panel]")
+    row = panel.locator(f"tr[data-model='{MODEL}']")
+    expect(row.locator("[data-test=model-state]")).to_have_text("loaded")
+    expect(panel.locator("[data-test=memory]")).to_contain_text("GB")
+    row.locator("[data-test=unload]").click()
+    try:
+        expect(node_card.locator("[data-test=model-count]")).to_have_text("0", timeout=WAIT_MS)
+        expect(node_card.locator("[data-test=loaded-models]")).to_contain_text("none loaded")
+        expect(row.locator("[data-test=model-state]")).to_have_text("not loaded")
+        assert next(n for n in api.npu_nodes() if n["id"] == node_id)["loadedModels"] == []
+    finally:  # load it again (through the page), so the module's worker serves as before
+        row.locator("[data-test=load]").click()
+        expect(node_card.locator("[data-test=model-count]")).to_have_text("1", timeout=WAIT_MS)
+    expect(row.locator("[data-test=model-state]")).to_have_text("loaded")
+
+
+def test_load_balancing_form_shows_validation_errors_and_saves(page: Page, site: LiveFacade, api: API,
+                                                               ui_settings: Settings) -> None:
+    sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
+    form = page.locator("[data-test=load-balancing]")
+    try:
+        form.get_by_label("Model affinity").first.check()
+        form.locator("[data-test=add-affinity]").click()
+        affinity = form.locator("[data-test=affinity-row]")
+        expect(affinity.get_by_label("model", exact=True)).to_have_value(MODEL)
+        form.locator("[data-test=save-lb]").click()  # no node chosen: the page says so, nothing is sent
+        expect(form.locator("[data-test=lb-errors]")).to_have_text(f"{MODEL}: choose at least one node.")
+        affinity.locator(f"input[value='{ui_settings.node_id}']").check()
+        affinity.get_by_label("model", exact=True).fill("no-such-model")
+        form.locator("[data-test=save-lb]").click()  # the API refuses the unknown model: its message shows
+        expect(form.locator("[data-test=lb-errors]")).to_contain_text("unknown model 'no-such-model'")
+        assert api("GET", "/api/npu/load-balancing")["strategy"] == "least-loaded"
+        affinity.get_by_label("model", exact=True).fill(MODEL)
+        form.locator("[data-test=save-lb]").click()
+        expect(form.locator("[data-test=lb-saved]")).to_be_visible()
+        assert api("GET", "/api/npu/load-balancing") == {"strategy": "model-affinity",
+                                                         "modelAffinity": {MODEL: [ui_settings.node_id]}}
+    finally:
+        api("POST", "/api/npu/load-balancing", json={"strategy": "least-loaded", "modelAffinity": {}})
+
+
+def test_a_viewer_cannot_press_admin_controls(page: Page, site: LiveFacade, ui_settings: Settings) -> None:
+    sign_in(page, site.url, VIEWER_TOKEN, "/fleet#npu-workers")
+    expect(page.locator("[data-test=role]")).to_have_text("viewer")
+    expect(page.locator("[data-test=viewer-note]")).to_be_visible()
+    expect(page.locator("[data-test=assign-role]")).to_be_disabled()
+    expect(page.locator("[data-test=refresh-all]")).to_be_enabled()  # re-reading is not a change
+    node_card = card(page, ui_settings.node_id)
+    expect(node_card.locator("[data-test=remove-role]")).to_be_disabled()
+    node_card.locator("[data-test=details]").click()
+    row = page.locator(f"[data-test=details-panel] tr[data-model='{MODEL}']")
+    expect(row.locator("[data-test=unload]")).to_be_disabled()
+    form = page.locator("[data-test=load-balancing]")
+    expect(form.locator("[data-test=save-lb]")).to_be_disabled()
+    expect(form.get_by_label("Round robin")).to_be_disabled()
+    page.get_by_role("tab", name="Nodes").click()
+    expect(page.locator("[data-test=add-node]").get_by_role("button", name="Add node")).to_be_disabled()
+    # Pressing anyway does nothing (and the API would refuse a viewer: tests/api/test_auth.py).
+    page.locator("[data-test=add-node]").get_by_role("button", name="Add node").click(force=True)
+    expect(page.locator("[data-test=add-node] .error")).to_have_count(0)
+
+
+# --- empty and error states
+
+
+def test_a_failed_detection_is_shown_on_the_card(page: Page, site: LiveFacade, api: API) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    api("POST", "/api/fleet/nodes", json={"id": "dead-node", "name": "Dead node", "address": dead,
+                                          "roles": ["npu-worker"]})
+    try:
+        sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
+        dead_card = card(page, "dead-node")
+        expect(dead_card.locator("[data-test=detection-error]")).to_contain_text("Detection failed")
+        expect(dead_card.locator(".dot")).to_have_class("dot error")
+        expect(dead_card.locator("[data-test=device]")).to_have_text("unknown device")
+        before = next(n for n in api.npu_nodes() if n["id"] == "dead-node")["detection"]["at"]
+        page.click("[data-test=refresh-all]")  # an admin's Refresh All runs detection again on every NPU node
+        assert wait_until(lambda: next(n for n in api.npu_nodes() if n["id"] == "dead-node")["detection"]["at"]
+                          > before)
+        expect(page.locator("[data-test=refresh-all]")).to_have_text("Refresh All")
+        expect(dead_card.locator("[data-test=detection-error]")).to_contain_text("Detection failed")
+    finally:
+        api("DELETE", "/api/fleet/nodes/dead-node")
+
+
+def test_no_nodes_and_redis_down_are_readable(page: Page, ui_settings: Settings) -> None:
+    empty = LiveFacade(ui_settings.model_copy(update={"key_prefix": f"{ui_settings.key_prefix}empty"}))
+    down = LiveFacade(ui_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))
+    try:
+        sign_in(page, empty.url, VIEWER_TOKEN, "/fleet#npu-workers")
+        expect(page.locator("[data-test=no-npu-nodes]")).to_contain_text("No node has the npu-worker role")
+        expect(page.locator("[data-test=stat-nodes]")).to_have_text("0")
+        expect(page.locator("[data-test=stat-utilization]")).to_have_text("—")
+        page.get_by_role("tab", name="Nodes").click()
+        expect(page.locator("[data-test=no-nodes]")).to_be_visible()
+
+        sign_in(page, down.url, ADMIN_TOKEN, "/fleet#npu-workers")
+        expect(page.locator("[data-test=banner]")).to_contain_text("Redis is unreachable")
+        expect(page.locator("[data-test=no-npu-nodes]")).to_contain_text("could not be read")
+    finally:
+        empty.stop()
+        down.stop()
+
+
+# --- screenshots for the README
+
+
+def test_screenshots(page: Page, site: LiveFacade, ui_settings: Settings, api: API, tmp_path: Path) -> None:
+    """Writes the tab and the details panel to NPU_SCREENSHOTS_DIR (scripts/screenshots: docs/), else to a
+    temporary directory, after some real work so the numbers are not all zero."""
+    out = Path(os.environ.get("NPU_SCREENSHOTS_DIR") or tmp_path)
+    with httpx.Client(base_url=site.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as http:
+        for i in range(8):
+            assert http.post("/embeddings", json={"texts": [f"sentence {i}"] * 16, "model": MODEL}).status_code \
+                == 200
+    sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
+    node_card = card(page, ui_settings.node_id)
+    expect(node_card).to_be_visible()
+    page.wait_for_timeout(300)  # let the bars' transition end
+    page.screenshot(path=out / "npu-workers-tab.png")
+    node_card.locator("[data-test=details]").click()
+    panel = page.locator("[data-test=details-panel]")
+    expect(panel.locator(f"tr[data-model='{MODEL}'] td").nth(4)).not_to_have_text("0")
+    expect(panel.locator("[data-test=chart] canvas")).to_be_visible()
+    panel.screenshot(path=out / "npu-details-panel.png")
+    assert (out / "npu-workers-tab.png").stat().st_size > 10_000
