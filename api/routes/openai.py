@@ -78,7 +78,8 @@ async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
     }, headers={"X-NPU-Source": result.source})
 
 
-@router.post("/chat/completions", dependencies=[Depends(require_inference)], responses=ERRORS)
+@router.post("/chat/completions", dependencies=[Depends(require_inference)], responses={
+    **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or events when `stream` is true"}})
 async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
     messages = [m.model_dump() for m in body.messages]
     started = time.perf_counter()
@@ -99,7 +100,8 @@ async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
                          "finish_reason": _finish(result.finish_reason)}],
             "usage": _usage(result.prompt_tokens, result.completion_tokens),
         }, headers={"X-NPU-Source": result.source})
-    return StreamingResponse(_sse(first, chunks, completion_id, created, body.model, started),
+    model = body.model or dispatcher.registry.default("generation")  # an empty name means the default model
+    return StreamingResponse(_sse(first, chunks, completion_id, created, model, started),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 

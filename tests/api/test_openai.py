@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -50,6 +51,16 @@ def test_chat_completion_streams(client: openai.OpenAI) -> None:
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(chunks) > 4 and text.strip() and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert {c.model for c in chunks} == {LLM}
+
+
+def test_chat_stream_without_a_model_name_names_the_default(facade: LiveFacade) -> None:
+    with httpx.stream("POST", f"{facade.url}/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                      json={"model": "", "stream": True, "max_tokens": 3,
+                            "messages": [{"role": "user", "content": "hi"}]}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.read()
+        events = [line for line in r.iter_lines() if line.startswith("data: {")]
+    assert events and all(f'"model":"{LLM}"' in e for e in events)
 
 
 def test_models(client: openai.OpenAI) -> None:
