@@ -10,6 +10,7 @@ A generation whose worker dies before any text reached the caller is submitted o
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,12 +33,26 @@ from .errors import (
     OverloadedError,
     WorkerLostError,
 )
+from .inbox import Inbox, Message
 from .logs import request_id
 from .models import ModelSpec, Registry
 from .nodes import read_load_balancing
-from .protocol import EMBED_TASK, GENERATE_TASK, Heartbeat, Job, Keys, MsgpackSerializer, Prompt, Reply, pack, unpack
+from .protocol import (
+    EMBED_TASK,
+    GENERATE_TASK,
+    Heartbeat,
+    Job,
+    Keys,
+    MsgpackSerializer,
+    Prompt,
+    Reply,
+    new_id,
+    pack,
+    unpack,
+)
 from .routing import Route as FleetRoute
 from .routing import Router
+from .sender import Sender
 from .settings import WAIT_SLICE_S, Settings, get_settings
 
 ROUTE_CACHE_S = 0.5
@@ -49,6 +64,8 @@ GENERATION_ATTEMPTS = 2
 """A generation whose worker died before it streamed anything is submitted once more."""
 
 Route = Literal["ok", "no_worker", "overloaded"]
+Waiting = asyncio.Queue[Message]
+"""Where an async caller's replies arrive (see `dispatcher.inbox`)."""
 
 NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
 """A character that makes a text or prompt non-blank: not whitespace, nor a byte-order mark. Written so
@@ -212,8 +229,8 @@ class _Base:
         return allow_cloud and self.cloud.available_for(spec)
 
     @staticmethod
-    def _decode(raw: Any) -> Reply:
-        reply = Reply.model_validate(unpack(raw[1]))
+    def _decode(data: dict[str, Any]) -> Reply:
+        reply = Reply.model_validate(data)
         if not reply.ok:
             raise JobFailedError(reply.message or "worker failed the job", code=reply.error,
                                  status=reply.status, **(reply.detail or {}))
@@ -318,7 +335,7 @@ class Dispatcher(_Base):
                 job, timeout = self._job(spec, deadline_s, kind="embed", texts=texts, truncate=truncate)
                 raw = self._call(job, timeout, node)
                 if raw is not None:
-                    return self._embed_result(spec, self._decode(raw), started)
+                    return self._embed_result(spec, self._decode(unpack(raw[1])), started)
                 reason = "deadline"
         except REDIS_DOWN:
             if not self._cloud_allowed(spec, allow_cloud):
@@ -335,7 +352,7 @@ class Dispatcher(_Base):
         while (left := end - time.monotonic()) > 0.01:
             raw = self.redis.blpop([key], timeout=min(left, self._silence_slice_s))
             if raw is not None:
-                return self._decode(raw)
+                return self._decode(unpack(raw[1]))
             if worker_id and not self.redis.exists(self.keys.worker(worker_id)):
                 raise self._lost(worker_id)
         raise self._stalled()
@@ -365,7 +382,7 @@ class Dispatcher(_Base):
                 if raw is None:
                     reason = "deadline"
                     break
-                reply = self._decode(raw)
+                reply = self._decode(unpack(raw[1]))
                 worker_id = reply.worker_id
                 try:
                     while reply.event in ("start", "delta"):
@@ -442,13 +459,25 @@ class AsyncDispatcher(_Base):
                  redis_client: aredis.Redis | None = None):
         super().__init__(settings, registry)
         self.redis = redis_client or self.settings.aredis()
+        self.inbox = Inbox(self.redis, self.keys.reply(f"inbox:{new_id()}"))
+        self.sender = Sender(self.redis)
+        self._lookups: dict[str, asyncio.Task[tuple[Route, str | None]]] = {}
 
     async def live_workers(self, model: str) -> int:
         return int(await self.redis.zcount(self.keys.live(model), time.time(), "+inf"))
 
     async def _route(self, model: str) -> tuple[Route, str | None]:
+        """As `Dispatcher._route`; callers that miss the cache together share one lookup."""
         if (cached := self._cached_route(model)) is not None:
             return cached
+        loop = asyncio.get_running_loop()
+        lookup = self._lookups.get(model)
+        if lookup is None or lookup.done() or lookup.get_loop() is not loop:
+            lookup = self._lookups[model] = loop.create_task(self._look_up(model))
+        route = await asyncio.shield(lookup)
+        return self._cached_route(model) or route
+
+    async def _look_up(self, model: str) -> tuple[Route, str | None]:
         pipe = self.redis.pipeline(transaction=False)
         self._route_reads(pipe, self.keys, model)
         lb_raw, worker_ids = await pipe.execute()
@@ -458,17 +487,14 @@ class AsyncDispatcher(_Base):
         self._state_reads(pipe, self.keys, model, worker_ids)
         return self._note_route(model, lb_raw, await pipe.execute())
 
-    async def _call(self, job: Job, timeout: float, node: str | None) -> Any:
-        end = time.monotonic() + timeout
+    async def _call(self, job: Job, timeout: float, node: str | None) -> tuple[Waiting, dict[str, Any] | None]:
+        """Send a job and wait for its first reply. The caller `forget`s the job in the inbox when done."""
         self.router.in_flight[node or ""] += 1
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xadd(self.keys.stream(job.model, node), {"j": pack(job)})
-            pipe.blpop([job.reply], timeout=min(timeout, WAIT_SLICE_S))
-            raw = (await pipe.execute())[1]
-            while raw is None and (left := end - time.monotonic()) > 0.01:
-                raw = await self.redis.blpop([job.reply], timeout=min(left, WAIT_SLICE_S))
-            return raw
+            job.reply = self.inbox.key
+            waiting = self.inbox.expect(job.id)
+            await self.sender.xadd(self.keys.stream(job.model, node), {"j": pack(job)})
+            return waiting, await self.inbox.get(waiting, timeout)
         finally:
             self.router.in_flight[node or ""] -= 1
 
@@ -481,9 +507,12 @@ class AsyncDispatcher(_Base):
             reason, node = await self._route(spec.name)
             if reason == "ok":
                 job, timeout = self._job(spec, deadline_s, kind="embed", texts=texts, truncate=truncate)
-                raw = await self._call(job, timeout, node)
-                if raw is not None:
-                    return self._embed_result(spec, self._decode(raw), started)
+                try:
+                    _, message = await self._call(job, timeout, node)
+                finally:
+                    self.inbox.forget(job.id)
+                if message is not None:
+                    return self._embed_result(spec, self._decode(message), started)
                 reason = "deadline"
         except REDIS_DOWN:
             if not self._cloud_allowed(spec, allow_cloud):
@@ -494,12 +523,12 @@ class AsyncDispatcher(_Base):
         vectors = await self.cloud.aembed(spec, texts)
         return EmbedResult(vectors, spec.name, "cloud", timings=self._timings(started), fallback_reason=reason)
 
-    async def _wait(self, key: str, worker_id: str | None) -> Reply:
+    async def _wait(self, waiting: Waiting, worker_id: str | None) -> Reply:
         end = time.monotonic() + self.settings.generation_idle_s
         while (left := end - time.monotonic()) > 0.01:
-            raw = await self.redis.blpop([key], timeout=min(left, self._silence_slice_s))
-            if raw is not None:
-                return self._decode(raw)
+            message = await self.inbox.get(waiting, min(left, self._silence_slice_s))
+            if message is not None:
+                return self._decode(message)
             if worker_id and not await self.redis.exists(self.keys.worker(worker_id)):
                 raise self._lost(worker_id)
         raise self._stalled()
@@ -521,24 +550,26 @@ class AsyncDispatcher(_Base):
                     break
                 job, timeout = self._job(spec, deadline_s, kind="generate", prompt=prompt, max_tokens=max_tokens,
                                          temperature=temperature, stream=deltas)
-                raw = await self._call(job, timeout, node)
-                if raw is None:
-                    reason = "deadline"
-                    break
-                reply = self._decode(raw)
-                worker_id = reply.worker_id
                 try:
+                    waiting, message = await self._call(job, timeout, node)
+                    if message is None:
+                        reason = "deadline"
+                        break
+                    reply = self._decode(message)
+                    worker_id = reply.worker_id
                     while reply.event in ("start", "delta"):
                         if reply.event == "delta":
                             sent = True
                             yield StreamChunk(reply.delta or "")
-                        reply = await self._wait(job.reply, worker_id)
+                        reply = await self._wait(waiting, worker_id)
                 except WorkerLostError:
                     if sent:
                         raise
                     self._forget_route(spec.name)
                     reason = "worker_lost"
                     continue
+                finally:
+                    self.inbox.forget(job.id)
                 yield StreamChunk("", True, self._generate_result(spec, reply, started))
                 return
         except REDIS_DOWN:
@@ -558,5 +589,6 @@ class AsyncDispatcher(_Base):
         raise AssertionError("a stream always ends with a done chunk")
 
     async def aclose(self) -> None:
+        await self.inbox.close()
         await self.cloud.aclose()
         await self.redis.aclose()

@@ -127,6 +127,8 @@ class Reply(BaseModel):
     """
 
     ok: bool
+    job: str | None = None
+    """The job's id, so replies sharing a key (an async dispatcher's inbox) reach their callers."""
     event: Literal["start", "delta", "done"] | None = None
     delta: str | None = None
     finish_reason: str | None = None

@@ -198,7 +198,7 @@ class InteractiveLane:
         return job, Reply(**self._base(pipeline, job, started), event="start")
 
     def _delta(self, job: Job, text: str) -> None:
-        self.outbox.append((job.reply, pack(Reply(ok=True, event="delta", delta=text))))
+        self.outbox.append((job.reply, pack(Reply(ok=True, job=job.id, event="delta", delta=text))))
 
     def _generated(self, pipeline: Generator, job: Job, started: float, result: Generated | Exception) -> None:
         if isinstance(result, Exception):
@@ -210,24 +210,32 @@ class InteractiveLane:
                           prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                           finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,
                           inference_ms=result.duration_ms)
+        reply.job = job.id
         self.outbox.append((job.reply, pack(reply)))
 
     def flush(self) -> None:
         if not self.outbox:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for key in dict.fromkeys(k for k, _ in self.outbox):
-            pipe.rpush(key, *[m for k, m in self.outbox if k == key])
-            pipe.expire(key, self.settings.reply_ttl_s)
+        self._push(pipe, self.outbox)
         self.outbox.clear()
         pipe.execute()
+
+    def _push(self, pipe: Any, messages: list[tuple[str, bytes]]) -> None:
+        """One RPUSH per reply key: the replies of a whole batch often share one (an async dispatcher's inbox)."""
+        by_key: dict[str, list[bytes]] = {}
+        for key, message in messages:
+            by_key.setdefault(key, []).append(message)
+        for key, packed in by_key.items():
+            pipe.rpush(key, *packed)
+            pipe.expire(key, self.settings.reply_ttl_s)
 
     def finish(self, stream: str, entry_ids: list[bytes], replies: list[tuple[Job, Reply]]) -> None:
         """Replies and acks in one round trip. Entries are deleted once acked, so XLEN is the backlog."""
         pipe = self.redis.pipeline(transaction=False)
         for job, reply in replies:
-            pipe.rpush(job.reply, pack(reply))
-            pipe.expire(job.reply, self.settings.reply_ttl_s)
+            reply.job = job.id
+        self._push(pipe, [(job.reply, pack(reply)) for job, reply in replies])
         if entry_ids:
             pipe.xack(stream, GROUP, *entry_ids)
             pipe.xdel(stream, *entry_ids)

@@ -13,7 +13,7 @@ from rq import Queue
 from rq.job import JobStatus
 
 from dispatcher import AsyncDispatcher, Dispatcher, JobFailedError, NPUUnavailableError
-from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, Keys, MsgpackSerializer
+from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, Keys, MsgpackSerializer, pack
 from dispatcher.settings import Settings
 from tests.cloud_server import CloudServer
 from tests.conftest import WorkerProcess
@@ -69,6 +69,30 @@ def test_concurrent_callers_are_batched_and_each_gets_its_own_vectors(client: Di
     texts_run = after["texts"] - before.get("texts", 0)
     batches = after["batches"] - before.get("batches", 0)
     assert texts_run >= 96 and batches < texts_run  # at least some inferences served several callers
+
+
+def test_async_callers_share_one_inbox_and_each_gets_its_own_reply(client: Dispatcher, settings: Settings) -> None:
+    """64 waiting async callers hold no Redis connection each: one reader serves them all, by job id."""
+    texts = [f"inbox sentence {i} on subject {i % 7}" for i in range(64)]
+    alone = client.embed(texts, MODEL).vectors
+
+    async def run() -> tuple[list[np.ndarray], int, int]:
+        d = AsyncDispatcher(settings)
+        try:
+            results = await asyncio.gather(*[d.embed([t], MODEL) for t in texts])
+            # A reply nobody waits for (its caller gave up) is dropped, not handed to another caller.
+            await d.redis.rpush(d.inbox.key, pack({"job": "gone", "ok": True}))
+            again = await d.embed([texts[0]], MODEL)
+            connections = len(d.redis.connection_pool._available_connections) + len(
+                d.redis.connection_pool._in_use_connections)
+            return [r.vectors[0] for r in results] + [again.vectors[0]], connections, len(d.inbox._waiters)
+        finally:
+            await d.aclose()
+
+    vectors, connections, waiting = asyncio.run(run())
+    assert np.allclose(np.asarray(vectors[:64]), alone, atol=2e-3) and np.allclose(vectors[64], alone[0], atol=2e-3)
+    assert connections <= 8, connections  # was one per waiting caller (64) with a reply key each
+    assert waiting == 0
 
 
 def test_generation_returns_text(client: Dispatcher) -> None:
