@@ -243,6 +243,28 @@ class _Supervisor(threading.Thread):
                 proc.kill()
 
 
+def _announce_ready(settings: Settings, host: str, port: int, timeout_s: float = 300) -> None:
+    """Say when every model has a live worker: until then a request gets 503 `no_worker`, which a
+    newcomer trying the quick start right after the facade's own start-up line would not expect."""
+    from dispatcher.models import Registry
+    from dispatcher.protocol import Keys
+
+    try:
+        r, keys, names = settings.redis(), Keys(settings.key_prefix), Registry.load(settings).names
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            pipe = r.pipeline(transaction=False)
+            for name in names:
+                pipe.zcount(keys.live(name), time.time(), "+inf")
+            if all(pipe.execute()):
+                console.print(f"ready: {', '.join(names)} served at {_facade_url(host, port)}")
+                return
+            time.sleep(0.2)
+        console.print(f"[yellow]not every model has a live worker after {timeout_s:.0f}s; see `npu-worker status`")
+    except Exception as exc:  # only a message is lost
+        console.print(f"[yellow]could not tell when the workers are ready: {exc}")
+
+
 class _Stop(Exception):
     pass
 
@@ -280,6 +302,8 @@ def up(
     supervisor = _Supervisor(count)
     supervisor.start()
     console.print(f"facade on http://{host}:{port} with {count} worker process(es); Ctrl-C stops all")
+    if count:
+        threading.Thread(target=_announce_ready, args=(get_settings(), host, port), daemon=True).start()
     # uvicorn stops gracefully on SIGTERM/SIGINT and then raises the signal again; this handler turns
     # that into an exception, so the clean-up below runs and `up` exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -70,6 +70,10 @@ def test_up_runs_redis_facade_and_worker_and_stops_them_all(tmp_path: Path, sett
         printed = log.read_text()
         assert str(credentials) in printed and "npu-worker call" in printed
         assert secrets["service_key"] not in printed and secrets["admin_token"] not in printed
+        # up says when the models are served, so the quick start's first call does not meet a 503.
+        while "ready: all-minilm-l6-v2, smollm2-135m-instruct served at" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
 
         # The README's one-liner (signed v2), and the same with the seed's v1.
         call = [sys.executable, "-m", "npu_worker", "call", "--url", base]
