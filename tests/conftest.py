@@ -60,6 +60,13 @@ def _cleanup(url: str, prefix: str) -> None:
     r = redis.Redis.from_url(url)
     for key in r.scan_iter(match=f"*{prefix}*", count=1000):
         r.delete(key)
+    # RQ names its job and result keys by job id alone; a job of this session names its queue (`origin`).
+    rq_keys = list(r.scan_iter(match="rq:*", count=1000))
+    ours = {k.split(b":")[2] for k in rq_keys if k.startswith(b"rq:job:") and k.count(b":") == 2
+            and prefix.encode() in (r.hget(k, "origin") or b"")}
+    doomed = [k for k in rq_keys if len(parts := k.split(b":")) > 2 and parts[2] in ours]
+    if doomed:
+        r.delete(*doomed)
     for index in ("rq:queues", "rq:workers"):
         stale = [m for m in r.smembers(index) if prefix.encode() in m]
         if stale:
