@@ -78,27 +78,30 @@ class InteractiveLane:
                 entries += (r.xreadgroup(GROUP, me, {stream: ">"}, count=cap - 1) or [(None, [])])[0][1]
         return got
 
-    def _fill(self, stream: str, entries: list[Entry], model: str) -> None:
+    def _fill(self, stream: str, model: str, jobs: list[tuple[bytes, Job]], drop: list[bytes]) -> None:
         """Under load, wait a few ms for more jobs so one inference serves them all; a lone job never waits.
 
-        The target is the largest of the recent batches: with 8 callers a batch of 8 goes at once, with 32
-        the worker waits for 32 (up to `batch_window_ms`). Polling, not XREADGROUP BLOCK: Redis checks
-        blocked clients' timeouts only on its cron tick (hz 10: ~100 ms), far coarser than the window.
+        The target, in texts, is the largest of the recent batches: with 8 callers a batch of 8 goes at
+        once, with 32 the worker waits for 32 (up to `batch_window_ms`), and one job of 32 texts goes at
+        once. Polling, not XREADGROUP BLOCK: Redis checks blocked clients' timeouts only on its cron tick
+        (hz 10: ~100 ms), far coarser than the window.
         """
         recent = self._recent.setdefault(model, deque(maxlen=8))
         target = min(self.settings.batch_max, max(recent, default=1))
-        recent.append(len(entries))
+        texts = sum(len(job.texts or []) for _, job in jobs)
         window = self.settings.batch_window_ms / 1000
-        if window <= 0 or len(entries) >= target or (len(entries) < 2 and target < 2):
-            return
         end = time.monotonic() + window
-        while len(entries) < target and time.monotonic() < end:
-            more = self.redis.xreadgroup(GROUP, self.worker.worker_id, {stream: ">"}, count=target - len(entries))
-            if more:
-                entries += more[0][1]
-            else:
+        while window > 0 and 0 < texts < target and time.monotonic() < end:
+            more = self.redis.xreadgroup(GROUP, self.worker.worker_id, {stream: ">"}, count=target - texts)
+            if not more:
                 time.sleep(POLL_S)
-        recent[-1] = len(entries)
+                continue
+            new_jobs, new_drop = self._decode(stream, more[0][1])
+            jobs += new_jobs
+            drop += new_drop
+            texts += sum(len(job.texts or []) for _, job in new_jobs)
+        if texts:
+            recent.append(texts)
 
     def _decode(self, stream: str, entries: list[Entry]) -> tuple[list[tuple[bytes, Job]], list[bytes]]:
         """Jobs still worth running, and ids to ack without running (late or malformed)."""
@@ -133,8 +136,8 @@ class InteractiveLane:
         model = self.stream_models[stream]
         pipeline = self.worker.pipelines[model]
         if isinstance(pipeline, Embedder):
-            self._fill(stream, entries, model)
             jobs, drop = self._decode(stream, entries)
+            self._fill(stream, model, jobs, drop)
             self.finish(stream, drop + [e for e, _ in jobs], self._embed(pipeline, [j for _, j in jobs]))
         else:
             jobs, drop = self._decode(stream, entries)
