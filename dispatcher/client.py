@@ -25,6 +25,7 @@ from rq.job import Job as RQJob
 
 from .cloud import CloudClient
 from .errors import (
+    REDIS_DOWN,
     InputTooLargeError,
     InvalidInputError,
     JobFailedError,
@@ -58,8 +59,6 @@ from .settings import WAIT_SLICE_S, Settings, get_settings
 ROUTE_CACHE_S = 0.5
 """How long a positive liveness answer (and the backlog read with it) is trusted, so a busy caller does
 not ask Redis every time; a "no worker" answer is never cached."""
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
-"""Errors meaning Redis cannot be reached (redis.asyncio raises the same classes)."""
 GENERATION_ATTEMPTS = 2
 """A generation whose worker died before it streamed anything is submitted once more."""
 

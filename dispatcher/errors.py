@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import redis
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+"""Errors meaning Redis cannot be reached (redis.asyncio raises the same classes)."""
+
 
 class NPUError(Exception):
     code = "npu_error"

@@ -15,14 +15,13 @@ import contextlib
 import logging
 from typing import Any
 
-import redis
 import redis.asyncio as aredis
 
+from .errors import REDIS_DOWN
 from .protocol import pack, unpack
 from .settings import WAIT_SLICE_S
 
 log = logging.getLogger(__name__)
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 DRAIN = 1000
 """Most replies taken in one round trip after the blocking pop."""
 RECONNECT_S = 0.1

@@ -42,7 +42,7 @@ class InteractiveLane:
         self.embed_streams = {s: ">" for s, embeds in kinds.items() if embeds}
         self.gen_streams = {s: ">" for s, embeds in kinds.items() if not embeds}
         self._recent: dict[str, deque[int]] = {}
-        self.outbox: list[tuple[str, bytes]] = []
+        self.outbox: list[tuple[Job, Reply]] = []
         """Generation messages produced during a step, pushed together after it."""
         self.recovering = False
         """Set after a Redis failure: this worker's own unacked entries (their replies or acks may not
@@ -201,7 +201,7 @@ class InteractiveLane:
         return job, Reply(**self._base(pipeline, job, started), event="start")
 
     def _delta(self, job: Job, text: str) -> None:
-        self.outbox.append((job.reply, pack(Reply(ok=True, job=job.id, event="delta", delta=text))))
+        self.outbox.append((job, Reply(ok=True, event="delta", delta=text)))
 
     def _generated(self, pipeline: Generator, job: Job, started: float, result: Generated | Exception) -> None:
         if isinstance(result, Exception):
@@ -213,8 +213,7 @@ class InteractiveLane:
                           prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                           finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,
                           inference_ms=result.duration_ms)
-        reply.job = job.id
-        self.outbox.append((job.reply, pack(reply)))
+        self.outbox.append((job, reply))
 
     def flush(self) -> None:
         if not self.outbox:
@@ -224,11 +223,13 @@ class InteractiveLane:
         self.outbox.clear()
         pipe.execute()
 
-    def _push(self, pipe: Any, messages: list[tuple[str, bytes]]) -> None:
-        """One RPUSH per reply key: the replies of a whole batch often share one (an async dispatcher's inbox)."""
+    def _push(self, pipe: Any, replies: list[tuple[Job, Reply]]) -> None:
+        """Each reply stamped with its job's id, and one RPUSH per reply key: the replies of a whole batch
+        often share one (an async dispatcher's inbox)."""
         by_key: dict[str, list[bytes]] = {}
-        for key, message in messages:
-            by_key.setdefault(key, []).append(message)
+        for job, reply in replies:
+            reply.job = job.id
+            by_key.setdefault(job.reply, []).append(pack(reply))
         for key, packed in by_key.items():
             pipe.rpush(key, *packed)
             pipe.expire(key, self.settings.reply_ttl_s)
@@ -236,9 +237,7 @@ class InteractiveLane:
     def finish(self, stream: str, entry_ids: list[bytes], replies: list[tuple[Job, Reply]]) -> None:
         """Replies and acks in one round trip. Entries are deleted once acked, so XLEN is the backlog."""
         pipe = self.redis.pipeline(transaction=False)
-        for job, reply in replies:
-            reply.job = job.id
-        self._push(pipe, [(job.reply, pack(reply)) for job, reply in replies])
+        self._push(pipe, replies)
         if entry_ids:
             pipe.xack(stream, GROUP, *entry_ids)
             pipe.xdel(stream, *entry_ids)
