@@ -225,3 +225,21 @@ def test_concurrent_generations_are_batched_by_the_worker(settings: Settings, wo
     assert all(r.source == "npu" and r.text for r in results)
     time.sleep(2.5)  # the next heartbeat carries the counters
     assert worker.beat().counters["peak_generations"] >= 3
+
+
+def test_the_fill_window_counts_texts_so_a_full_job_never_waits(isolated: Settings) -> None:
+    """After 32 one-text callers taught the worker to wait for batches of 32, one job of 32 texts is a full
+    batch and goes at once; with a 2 s window, counting jobs instead would hold it for the whole window."""
+    proc = WorkerProcess(isolated, models=[MODEL], NPU_BATCH_WINDOW_MS="2000")
+    try:
+        proc.wait_live()
+        d = Dispatcher(isolated)
+        with ThreadPoolExecutor(32) as pool:
+            for _ in range(3):
+                list(pool.map(lambda i: d.embed([f"caller {i}"], MODEL), range(32)))
+        texts = [f"document number {i}" for i in range(32)]
+        result = d.embed(texts, MODEL)
+        assert result.vectors.shape == (32, 384)
+        assert result.timings["queue_ms"] < 1000, result.timings
+    finally:
+        proc.stop()
