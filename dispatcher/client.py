@@ -41,14 +41,20 @@ from .nodes import read_load_balancing
 from .protocol import (
     EMBED_TASK,
     GENERATE_TASK,
+    DeltaReply,
+    DoneReply,
+    EmbeddingReply,
+    ErrorReply,
     Heartbeat,
     Job,
     Keys,
     MsgpackSerializer,
     Prompt,
     Reply,
+    StartReply,
     new_id,
     pack,
+    read_reply,
     unpack,
 )
 from .routing import Route as FleetRoute
@@ -229,14 +235,13 @@ class _Base:
 
     @staticmethod
     def _decode(data: dict[str, Any]) -> Reply:
-        reply = Reply.model_validate(data)
-        if not reply.ok:
-            raise JobFailedError(reply.message or "worker failed the job", code=reply.error,
-                                 status=reply.status, **(reply.detail or {}))
+        reply = read_reply(data)
+        if isinstance(reply, ErrorReply):
+            raise reply.exception()
         return reply
 
     @staticmethod
-    def _timings(started: float, reply: Reply | None = None) -> dict[str, float]:
+    def _timings(started: float, reply: EmbeddingReply | DoneReply | None = None) -> dict[str, float]:
         timings = {"total_ms": round((time.perf_counter() - started) * 1000, 3)}
         if reply is not None:
             timings["queue_ms"] = round(reply.queue_ms or 0.0, 3)
@@ -244,10 +249,12 @@ class _Base:
         return timings
 
     def _embed_result(self, spec: ModelSpec, reply: Reply, started: float) -> EmbedResult:
+        assert isinstance(reply, EmbeddingReply), f"an embedding job was answered with {type(reply).__name__}"
         return EmbedResult(reply.matrix(), spec.name, "npu", reply.device, reply.node_id, reply.token_counts,
                            reply.truncated, self._timings(started, reply))
 
     def _generate_result(self, spec: ModelSpec, reply: Reply, started: float) -> GenerateResult:
+        assert isinstance(reply, DoneReply), f"a generation ended with {type(reply).__name__}"
         timings = self._timings(started, reply)
         if reply.ttft_ms is not None:
             timings["ttft_ms"] = round(reply.ttft_ms, 3)
@@ -382,12 +389,12 @@ class Dispatcher(_Base):
                     reason = "deadline"
                     break
                 reply = self._decode(unpack(raw[1]))
-                worker_id = reply.worker_id
+                worker_id = reply.worker_id if isinstance(reply, StartReply) else None
                 try:
-                    while reply.event in ("start", "delta"):
-                        if reply.event == "delta":
+                    while isinstance(reply, (StartReply, DeltaReply)):
+                        if isinstance(reply, DeltaReply):
                             sent = True
-                            yield StreamChunk(reply.delta or "")
+                            yield StreamChunk(reply.delta)
                         reply = self._wait(job.reply, worker_id)
                 except WorkerLostError:
                     if sent:
@@ -555,11 +562,11 @@ class AsyncDispatcher(_Base):
                         reason = "deadline"
                         break
                     reply = self._decode(message)
-                    worker_id = reply.worker_id
-                    while reply.event in ("start", "delta"):
-                        if reply.event == "delta":
+                    worker_id = reply.worker_id if isinstance(reply, StartReply) else None
+                    while isinstance(reply, (StartReply, DeltaReply)):
+                        if isinstance(reply, DeltaReply):
                             sent = True
-                            yield StreamChunk(reply.delta or "")
+                            yield StreamChunk(reply.delta)
                         reply = await self._wait(waiting, worker_id)
                 except WorkerLostError:
                     if sent:

@@ -2,14 +2,55 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 import redis
+
+
+class ErrorCode(str, Enum):
+    """Every stable `error` code an answer can carry, in one place: HTTP bodies, worker replies and RQ's
+    failure strings all use these values, and clients may test for them."""
+
+    # refusals before any work
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    AUTH_NOT_CONFIGURED = "auth_not_configured"
+    NOT_FOUND = "not_found"
+    MODEL_NOT_FOUND = "model_not_found"
+    CONFLICT = "conflict"
+    INVALID_REQUEST = "invalid_request"
+    """The body does not fit the endpoint's schema (malformed JSON, a wrong type, an unknown field)."""
+    INVALID_INPUT = "invalid_input"
+    """The body fits the schema, but the model cannot take it as given."""
+    WRONG_TASK = "wrong_task"
+    TOO_MANY_TEXTS = "too_many_texts"
+    INPUT_TOO_LARGE = "input_too_large"
+    INPUT_TOO_LONG = "input_too_long"
+    TOO_MANY_TOKENS = "too_many_tokens"
+    UNKNOWN_MODEL = "unknown_model"
+    UNKNOWN_NODE = "unknown_node"
+    MODEL_NOT_ON_NODE = "model_not_on_node"
+    # capacity and availability
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
+    REDIS_UNAVAILABLE = "redis_unavailable"
+    # a worker took the job and it failed
+    JOB_FAILED = "job_failed"
+    INFERENCE_FAILED = "inference_failed"
+    WORKER_LOST = "worker_lost"
+    GENERATION_STALLED = "generation_stalled"
+    INTERNAL = "npu_error"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 """Errors meaning Redis cannot be reached (redis.asyncio raises the same classes)."""
 
 
 class NPUError(Exception):
-    code = "npu_error"
+    code: ErrorCode = ErrorCode.INTERNAL
     status = 500
     headers: dict[str, str] = {}
 
@@ -27,7 +68,7 @@ class NPUError(Exception):
 
 
 class ModelNotFoundError(NPUError):
-    code = "model_not_found"
+    code = ErrorCode.MODEL_NOT_FOUND
     status = 404
 
     def __init__(self, model: str, available: list[str]):
@@ -36,17 +77,24 @@ class ModelNotFoundError(NPUError):
 
 
 class NotFoundError(NPUError):
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
     status = 404
+
+
+class ConflictError(NPUError):
+    """409: what the request would create exists already."""
+
+    code = ErrorCode.CONFLICT
+    status = 409
 
 
 class InvalidInputError(NPUError):
     """Input the model cannot take as given (empty, wrong kind, longer than the model allows)."""
 
-    code = "invalid_input"
+    code = ErrorCode.INVALID_INPUT
     status = 422
 
-    def __init__(self, message: str, code: str | None = None, **extra: object):
+    def __init__(self, message: str, code: ErrorCode | None = None, **extra: object):
         super().__init__(message, **extra)
         if code:
             self.code = code
@@ -61,20 +109,21 @@ class InputTooLargeError(InvalidInputError):
 class NPUUnavailableError(NPUError):
     """Neither a worker nor the cloud could answer (no live worker, deadline missed, cloud off or failing)."""
 
-    code = "unavailable"
+    code = ErrorCode.UNAVAILABLE
     status = 503
 
 
 class JobFailedError(NPUError):
     """A worker took the job and reported a failure."""
 
-    code = "job_failed"
+    code = ErrorCode.JOB_FAILED
     status = 500
 
-    def __init__(self, message: str, code: str | None = None, status: int | None = None, **extra: object):
+    def __init__(self, message: str, code: ErrorCode | str | None = None, status: int | None = None,
+                 **extra: object):
         super().__init__(message, **extra)
         if code:
-            self.code = code
+            self.code = ErrorCode(code) if code in ErrorCode._value2member_map_ else ErrorCode.JOB_FAILED
         if status:
             self.status = status
 
@@ -83,7 +132,7 @@ class AuthConfigError(NPUError):
     """This process has no key to sign with (or a malformed key set): raised at construction, so nothing
     is ever sent unsigned and a misconfigured facade does not start."""
 
-    code = "auth_not_configured"
+    code = ErrorCode.AUTH_NOT_CONFIGURED
     status = 500
 
 
@@ -91,7 +140,7 @@ class UnauthorizedError(NPUError):
     """401. `message` is one of three public phrases; `reason` is the precise cause, for logs and
     metrics only, so a caller cannot probe which part of a credential was wrong."""
 
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
     status = 401
     headers = {"WWW-Authenticate": 'HMAC-SHA256 realm="npu-worker", Bearer realm="npu-worker"'}
     MISSING, EXPIRED, INVALID = "missing credentials", "expired signature", "invalid credentials"
@@ -104,14 +153,14 @@ class UnauthorizedError(NPUError):
 class ForbiddenError(NPUError):
     """403: authenticated, but the role does not allow this route."""
 
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
     status = 403
 
 
 class OverloadedError(NPUError):
     """The model's queue is full and the cloud may not (or cannot) take the request: retry later."""
 
-    code = "overloaded"
+    code = ErrorCode.OVERLOADED
     status = 429
 
     def __init__(self, message: str, retry_after_s: int, **extra: object):
@@ -123,5 +172,5 @@ class OverloadedError(NPUError):
 class WorkerLostError(JobFailedError):
     """The worker running a generation died after text was already streamed, so it cannot be retried."""
 
-    code = "worker_lost"
+    code = ErrorCode.WORKER_LOST
     status = 503

@@ -8,11 +8,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter
+
+from .errors import ErrorCode, JobFailedError, NPUError
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """Upper bounds of the batch-size histogram workers keep in their heartbeat counters (`batch_le_<n>`)."""
@@ -119,33 +121,15 @@ class Job(BaseModel):
     """Generation: send text deltas as they come, not only the final text."""
 
 
-class Reply(BaseModel):
-    """What a worker pushes (RPUSH) to a job's reply key.
-
-    Embeddings: one message. Generation: `start` when the worker admits the job (the deadline covers
-    the wait for it), then `delta`s if the job streams, then `done` with the whole text and usage.
-    """
-
-    ok: bool
+class _Reply(BaseModel):
     job: str | None = None
     """The job's id, so replies sharing a key (an async dispatcher's inbox) reach their callers."""
-    event: Literal["start", "delta", "done"] | None = None
-    delta: str | None = None
-    finish_reason: str | None = None
-    ttft_ms: float | None = None
-    error: str | None = None
-    message: str | None = None
-    status: int | None = None
-    detail: dict[str, Any] | None = None
-    """Machine-readable facts of an error (index, tokens, limit), passed on to the caller."""
-    vectors: bytes | None = None
-    """float32, row-major, len(texts) x dim."""
-    dim: int | None = None
-    token_counts: list[int] | None = None
-    truncated: list[bool] | None = None
-    text: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+
+
+class _Served(_Reply):
+    """Who served a job and how long it took: carried by every successful reply."""
+
+    ok: Literal[True] = True
     device: str | None = None
     node_id: str | None = None
     worker_id: str | None = None
@@ -153,9 +137,95 @@ class Reply(BaseModel):
     inference_ms: float | None = None
     batch_size: int | None = None
 
+
+class EmbeddingReply(_Served):
+    """The one reply of an embedding job."""
+
+    vectors: bytes
+    """float32, row-major, len(texts) x dim."""
+    dim: int
+    token_counts: list[int] | None = None
+    truncated: list[bool] | None = None
+
     def matrix(self) -> np.ndarray:
-        assert self.vectors is not None and self.dim
         return np.frombuffer(self.vectors, dtype=np.float32).reshape(-1, self.dim)
+
+
+class StartReply(_Served):
+    """A generation was admitted by a worker (the caller's deadline covered the wait for this)."""
+
+    event: Literal["start"] = "start"
+
+
+class DeltaReply(_Reply):
+    """Text of a streaming generation, as it is produced."""
+
+    ok: Literal[True] = True
+    event: Literal["delta"] = "delta"
+    delta: str
+
+
+class DoneReply(_Served):
+    """The end of a generation: the whole text and its usage."""
+
+    event: Literal["done"] = "done"
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+
+
+def _known_code(code: Any) -> Any:
+    """A code this release does not know (a newer worker's) still reads as a failed job."""
+    return code if code in ErrorCode._value2member_map_ else ErrorCode.JOB_FAILED
+
+
+class ErrorReply(_Reply):
+    """A job the worker could not run (bad input for this model, inference failure, poison job)."""
+
+    model_config = ConfigDict(use_enum_values=True)
+    ok: Literal[False] = False
+    event: Literal["done"] = "done"
+    """Kept on the wire so that a caller of the previous version also reads it as the end of the job."""
+    error: Annotated[ErrorCode, BeforeValidator(_known_code)]
+    message: str
+    status: int = 500
+    detail: dict[str, Any] | None = None
+    """Machine-readable facts of the error (index, tokens, limit), passed on to the caller."""
+
+    @classmethod
+    def of(cls, exc: NPUError) -> ErrorReply:
+        return cls(error=exc.code, status=exc.status, message=exc.message, detail=exc.extra or None)
+
+    def exception(self) -> JobFailedError:
+        return JobFailedError(self.message, code=self.error, status=self.status, **(self.detail or {}))
+
+
+def _reply_kind(data: Any) -> str:
+    """The variant of a reply, from the fields every version of the wire format has (`ok`, `event`), so
+    workers and callers of two releases can meet during a rolling upgrade."""
+    get = data.get if isinstance(data, dict) else lambda name: getattr(data, name, None)
+    if not get("ok"):
+        return "error"
+    return get("event") or "embedding"
+
+
+Reply = Annotated[
+    Annotated[EmbeddingReply, Tag("embedding")] | Annotated[StartReply, Tag("start")]
+    | Annotated[DeltaReply, Tag("delta")] | Annotated[DoneReply, Tag("done")] | Annotated[ErrorReply, Tag("error")],
+    Discriminator(_reply_kind),
+]
+"""What a worker pushes (RPUSH) to a job's reply key, one message per push.
+
+Embeddings: one `EmbeddingReply`. Generation: `StartReply` when the worker admits the job, then
+`DeltaReply`s if the job streams, then `DoneReply`. Any job may instead end with an `ErrorReply`.
+"""
+_REPLY: TypeAdapter[Reply] = TypeAdapter(Reply)
+
+
+def read_reply(data: dict[str, Any]) -> Reply:
+    return _REPLY.validate_python(data)
 
 
 class Heartbeat(BaseModel):
@@ -177,10 +247,18 @@ class Heartbeat(BaseModel):
     """model -> {"interactive": n, "bulk": n}."""
     running: int
     utilization: float
-    """0-100: (queued + running) / max_concurrent, as the design card defines it."""
+    """0-100: `utilization(queue_depth, running, max_concurrent)`, as the design card defines it."""
     busy_fraction: float
     """Share of the last interval spent in inference."""
     counters: dict[str, int]
+
+
+def utilization(queued: int, running: int, max_concurrent: int) -> float:
+    """0-100: (queued + running) / max_concurrent, capped. The one definition, used for a worker (its
+    heartbeat), a node (its workers together, each shared queue counted once) and the fleet (/health)."""
+    if max_concurrent <= 0:
+        return 0.0
+    return round(min(100.0, 100.0 * (queued + running) / max_concurrent), 1)
 
 
 def pack(obj: BaseModel | dict[str, Any]) -> bytes:

@@ -14,9 +14,20 @@ from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.errors import NPUError
+from dispatcher.errors import ErrorCode, NPUError
 from dispatcher.logs import request_id
-from dispatcher.protocol import GROUP, Job, Reply, pack, unpack
+from dispatcher.protocol import (
+    GROUP,
+    DeltaReply,
+    DoneReply,
+    EmbeddingReply,
+    ErrorReply,
+    Job,
+    Reply,
+    StartReply,
+    pack,
+    unpack,
+)
 
 from .devices import device_type
 from .generation import Generated, Generator
@@ -144,7 +155,7 @@ class InteractiveLane:
             self.finish(stream, drop + [e for e, _ in jobs], [self._admit(pipeline, job) for _, job in jobs])
 
     def _base(self, pipeline: Embedder | Generator, job: Job, started: float) -> dict[str, Any]:
-        return {"ok": True, "device": device_type(pipeline.device), "node_id": self.settings.node_id,
+        return {"device": device_type(pipeline.device), "node_id": self.settings.node_id,
                 "worker_id": self.worker.worker_id, "queue_ms": max(0.0, (started - job.created) * 1000)}
 
     def _embed(self, pipeline: Embedder, jobs: list[Job]) -> list[tuple[Job, Reply]]:
@@ -177,9 +188,9 @@ class InteractiveLane:
                      len(job.texts or []), len(texts), inference_ms)
             part = vectors[row:row + len(job.texts or [])]
             row += len(part)
-            replies.append((job, Reply(**self._base(pipeline, job, started), vectors=part.tobytes(),
-                                       dim=part.shape[1], token_counts=counts, truncated=truncated,
-                                       inference_ms=inference_ms, batch_size=len(texts))))
+            replies.append((job, EmbeddingReply(**self._base(pipeline, job, started), vectors=part.tobytes(),
+                                                dim=part.shape[1], token_counts=counts, truncated=truncated,
+                                                inference_ms=inference_ms, batch_size=len(texts))))
         self.worker.counters["jobs"] += len(accepted)
         return replies
 
@@ -198,21 +209,22 @@ class InteractiveLane:
             return job, failure_reply(exc)
         counters = self.worker.counters
         counters["peak_generations"] = max(counters["peak_generations"], len(pipeline.active))
-        return job, Reply(**self._base(pipeline, job, started), event="start")
+        return job, StartReply(**self._base(pipeline, job, started))
 
     def _delta(self, job: Job, text: str) -> None:
-        self.outbox.append((job, Reply(ok=True, event="delta", delta=text)))
+        self.outbox.append((job, DeltaReply(delta=text)))
 
     def _generated(self, pipeline: Generator, job: Job, started: float, result: Generated | Exception) -> None:
+        reply: Reply
         if isinstance(result, Exception):
             reply = failure_reply(result)
         else:
             self.worker.counters["jobs"] += 1
             self.worker.count_model(pipeline.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
-            reply = Reply(**self._base(pipeline, job, started), event="done", text=result.text,
-                          prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                          finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,
-                          inference_ms=result.duration_ms)
+            reply = DoneReply(**self._base(pipeline, job, started), text=result.text,
+                              prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                              finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,
+                              inference_ms=result.duration_ms)
         self.outbox.append((job, reply))
 
     def flush(self) -> None:
@@ -312,7 +324,7 @@ class InteractiveLane:
     def _dead_letter(self, model: str, stream: str, ids: list[bytes]) -> None:
         s = self.settings
         entries = self._claim(stream, ids)
-        replies = []
+        replies: list[tuple[Job, Reply]] = []
         for _, fields in entries:
             self.redis.xadd(self.worker.keys.dead(model), {**fields, b"reason": b"too many deliveries"},
                             maxlen=s.dead_letter_max, approximate=True)
@@ -322,9 +334,9 @@ class InteractiveLane:
                 job = Job.model_validate(unpack(fields[b"j"]))
             except Exception:
                 continue
-            replies.append((job, Reply(ok=False, event="done", error="job_failed", status=500,
-                                       message=f"the job was handed to {s.max_deliveries} workers that died "
-                                               "running it; kept in the dead-letter stream")))
+            replies.append((job, ErrorReply(error=ErrorCode.JOB_FAILED,
+                                            message=f"the job was handed to {s.max_deliveries} workers that "
+                                                    "died running it; kept in the dead-letter stream")))
         self.finish(stream, [entry_id for entry_id, _ in entries], replies)
 
 
@@ -339,10 +351,9 @@ def _log_job(job: Job, level: int, message: str, *args: Any, exc_info: bool = Fa
         request_id.reset(token)
 
 
-def error_reply(exc: NPUError) -> Reply:
-    return Reply(ok=False, event="done", error=exc.code, status=exc.status, message=exc.message,
-                 detail=exc.extra or None)
+def error_reply(exc: NPUError) -> ErrorReply:
+    return ErrorReply.of(exc)
 
 
-def failure_reply(exc: Exception) -> Reply:
-    return Reply(ok=False, event="done", error="inference_failed", status=500, message=f"inference failed: {exc}")
+def failure_reply(exc: Exception) -> ErrorReply:
+    return ErrorReply(error=ErrorCode.INFERENCE_FAILED, message=f"inference failed: {exc}")

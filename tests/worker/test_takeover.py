@@ -15,7 +15,7 @@ from rq import Queue, SimpleWorker
 from rq.job import JobStatus
 from rq.worker_registration import REDIS_WORKER_KEYS
 
-from dispatcher.protocol import GROUP, Job, Keys, MsgpackSerializer, Reply, pack, unpack
+from dispatcher.protocol import GROUP, Job, Keys, MsgpackSerializer, Reply, pack, read_reply, unpack
 from dispatcher.settings import Settings
 from npu_worker.redis_server import EmbeddedRedis
 from tests.conftest import WorkerProcess
@@ -42,7 +42,7 @@ def _job(keys: Keys, text: str) -> Job:
 def _reply(r, job: Job, timeout: float) -> Reply:
     raw = r.blpop([job.reply], timeout=timeout)
     assert raw is not None, "no reply"
-    return Reply.model_validate(unpack(raw[1]))
+    return read_reply(unpack(raw[1]))
 
 
 def test_interactive_jobs_of_a_dead_worker_are_taken_over_and_poison_is_dead_lettered(isolated: Settings) -> None:
