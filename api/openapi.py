@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from dispatcher.client import NOT_BLANK  # JSON Schema patterns search (unanchored): one such character
+from dispatcher.flow import NOT_BLANK  # JSON Schema patterns search (unanchored): one such character
 from dispatcher.models import Registry
 from dispatcher.settings import Settings
 

@@ -1,4 +1,9 @@
-"""The OpenAI-compatible cloud fallback (any server speaking `/embeddings` and `/chat/completions`)."""
+"""The OpenAI-compatible cloud fallback (any server speaking `/embeddings` and `/chat/completions`).
+
+Written without I/O, as requests to build and responses to read: the dispatch flow (`dispatcher/flow.py`)
+yields the request and whichever driver runs it, sync or async, sends it with its own httpx client. So
+the cloud's protocol is written once for both.
+"""
 
 from __future__ import annotations
 
@@ -13,44 +18,41 @@ from .protocol import Prompt, as_messages
 from .settings import Settings
 
 
-class CloudClient:
-    """Sync and async calls to the cloud API; one instance per dispatcher, connections pooled."""
-
+class CloudAPI:
     def __init__(self, settings: Settings):
         self.base_url = (settings.cloud_base_url or "").rstrip("/")
-        self.timeout = settings.cloud_timeout_s
+        self.timeout_s = settings.cloud_timeout_s
         self.headers = {"Authorization": f"Bearer {settings.cloud_api_key}"} if settings.cloud_api_key else {}
-        self._sync: httpx.Client | None = None
-        self._async: httpx.AsyncClient | None = None
 
     def available_for(self, spec: ModelSpec) -> bool:
         return bool(self.base_url and spec.cloud_model)
 
-    # --- request bodies and answers, shared by both forms
+    def _request(self, path: str, body: dict[str, Any], timeout_s: float) -> httpx.Request:
+        return httpx.Request("POST", self.base_url + path, json=body, headers=self.headers,
+                             extensions={"timeout": httpx.Timeout(timeout_s).as_dict()})
 
-    @staticmethod
-    def _embed_body(spec: ModelSpec, texts: list[str]) -> dict[str, Any]:
-        return {"model": spec.cloud_model, "input": texts, "encoding_format": "float"}
+    def embed_request(self, spec: ModelSpec, texts: list[str], timeout_s: float) -> httpx.Request:
+        return self._request("/embeddings", {"model": spec.cloud_model, "input": texts, "encoding_format": "float"},
+                             timeout_s)
 
-    @staticmethod
-    def _generate_body(spec: ModelSpec, prompt: Prompt, max_tokens: int | None,
-                       temperature: float | None) -> dict[str, Any]:
+    def chat_request(self, spec: ModelSpec, prompt: Prompt, max_tokens: int | None, temperature: float | None,
+                     timeout_s: float) -> httpx.Request:
         body: dict[str, Any] = {"model": spec.cloud_model, "messages": as_messages(prompt)}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         if temperature is not None:
             body["temperature"] = temperature
-        return body
+        return self._request("/chat/completions", body, timeout_s)
 
     @staticmethod
-    def _check(response: httpx.Response) -> dict[str, Any]:
+    def _json(response: httpx.Response) -> dict[str, Any]:
         if response.status_code != 200:
             raise NPUUnavailableError(f"cloud fallback answered {response.status_code}: {response.text[:200]}")
-        return response.json()
+        data: dict[str, Any] = response.json()
+        return data
 
-    @staticmethod
-    def _vectors(spec: ModelSpec, data: dict[str, Any], n: int) -> np.ndarray:
-        rows = sorted(data["data"], key=lambda item: item.get("index", 0))
+    def read_vectors(self, spec: ModelSpec, response: httpx.Response, n: int) -> np.ndarray:
+        rows = sorted(self._json(response)["data"], key=lambda item: item.get("index", 0))
         vectors = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
         if vectors.shape[0] != n:
             raise NPUUnavailableError(f"cloud fallback returned {vectors.shape[0]} vectors for {n} texts")
@@ -63,62 +65,8 @@ class CloudClient:
             )
         return vectors
 
-    @staticmethod
-    def _text(data: dict[str, Any]) -> tuple[str, int | None, int | None]:
+    def read_text(self, response: httpx.Response) -> tuple[str, int | None, int | None]:
+        data = self._json(response)
         usage = data.get("usage") or {}
         return (data["choices"][0]["message"]["content"], usage.get("prompt_tokens"),
                 usage.get("completion_tokens"))
-
-    # --- sync
-
-    def _client(self) -> httpx.Client:
-        if self._sync is None:
-            self._sync = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
-        return self._sync
-
-    def embed(self, spec: ModelSpec, texts: list[str]) -> np.ndarray:
-        try:
-            response = self._client().post("/embeddings", json=self._embed_body(spec, texts))
-        except httpx.HTTPError as exc:
-            raise NPUUnavailableError(f"cloud fallback unreachable: {exc!r}") from exc
-        return self._vectors(spec, self._check(response), len(texts))
-
-    def generate(self, spec: ModelSpec, prompt: Prompt, max_tokens: int | None,
-                 temperature: float | None) -> tuple[str, int | None, int | None]:
-        try:
-            response = self._client().post("/chat/completions",
-                                           json=self._generate_body(spec, prompt, max_tokens, temperature))
-        except httpx.HTTPError as exc:
-            raise NPUUnavailableError(f"cloud fallback unreachable: {exc!r}") from exc
-        return self._text(self._check(response))
-
-    # --- async
-
-    def _aclient(self) -> httpx.AsyncClient:
-        if self._async is None:
-            self._async = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
-        return self._async
-
-    async def aembed(self, spec: ModelSpec, texts: list[str]) -> np.ndarray:
-        try:
-            response = await self._aclient().post("/embeddings", json=self._embed_body(spec, texts))
-        except httpx.HTTPError as exc:
-            raise NPUUnavailableError(f"cloud fallback unreachable: {exc!r}") from exc
-        return self._vectors(spec, self._check(response), len(texts))
-
-    async def agenerate(self, spec: ModelSpec, prompt: Prompt, max_tokens: int | None,
-                        temperature: float | None) -> tuple[str, int | None, int | None]:
-        try:
-            response = await self._aclient().post(
-                "/chat/completions", json=self._generate_body(spec, prompt, max_tokens, temperature))
-        except httpx.HTTPError as exc:
-            raise NPUUnavailableError(f"cloud fallback unreachable: {exc!r}") from exc
-        return self._text(self._check(response))
-
-    def close(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
-
-    async def aclose(self) -> None:
-        if self._async is not None:
-            await self._async.aclose()

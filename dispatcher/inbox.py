@@ -55,8 +55,9 @@ class Inbox:
     def forget(self, job_id: str) -> None:
         self._waiters.pop(job_id, None)
 
-    async def get(self, queue: asyncio.Queue[Message], timeout: float) -> dict[str, Any] | None:
-        """The next reply of a job, or None after `timeout` seconds; re-raises a Redis error."""
+    async def get(self, job_id: str, timeout: float) -> dict[str, Any] | None:
+        """The next reply of an expected job, or None after `timeout` seconds; re-raises a Redis error."""
+        queue = self._waiters[job_id]
         try:
             message = await asyncio.wait_for(queue.get(), timeout) if timeout > 0 else queue.get_nowait()
         except (TimeoutError, asyncio.TimeoutError, asyncio.QueueEmpty):

@@ -101,7 +101,7 @@ def new_id() -> str:
 
 
 class Job(BaseModel):
-    """An interactive-lane job. `deadline` is absolute (unix seconds): a worker drops late jobs."""
+    """An interactive-lane job. A worker drops a job its caller no longer waits for (`budget_ms`)."""
 
     id: str = Field(default_factory=new_id)
     request_id: str | None = None
@@ -110,6 +110,10 @@ class Job(BaseModel):
     model: str
     reply: str
     deadline: float
+    """When the caller stops waiting, in its wall clock: what workers of the previous release compare with."""
+    budget_ms: int | None = None
+    """How long the caller waits, from the moment it queued the job. A worker measures it from the stream
+    entry's id (Redis's clock when the job was queued), so no two hosts' clocks are ever compared."""
     created: float = Field(default_factory=time.time)
     texts: list[str] | None = None
     truncate: bool = False

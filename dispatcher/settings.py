@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     dead_letter_max: int = Field(10000, ge=1, description="Entries kept per dead-letter stream (oldest trimmed).")
 
     # --- Callers
-    deadline_s: float = Field(30.0, gt=0, description="Default time an interactive caller waits for a worker "
-                              "to answer (embeddings) or to start (generation).")
+    deadline_s: float = Field(30.0, gt=0, description="Default time budget of an interactive request: the wait "
+                              "for a worker to answer (embeddings) or to start (generation), retries and the "
+                              "cloud fallback included. Per request: `deadline_s` in the body.")
     generation_idle_s: float = Field(60.0, gt=0, description="Longest silence of a started generation "
                                      "before the caller gives up on it.")
     max_generations: int = Field(8, ge=1, description="Generations a worker runs at once (continuous batching).")
@@ -93,7 +94,10 @@ class Settings(BaseSettings):
     # --- Cloud fallback (OpenAI-compatible)
     cloud_base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1; unset: no fallback.")
     cloud_api_key: str | None = None
-    cloud_timeout_s: float = Field(30.0, gt=0)
+    cloud_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the cloud's answer (within the "
+                                   "request's deadline).")
+    cloud_share: float = Field(0.25, ge=0, lt=1, description="Share of a request's deadline kept for the cloud "
+                               "fallback when one may be asked: the wait for a worker ends that much earlier.")
 
     # --- Service authentication (DESIGN.md section 6); secrets are SecretStr so no repr or log shows them
     service_keys: Annotated[dict[str, SecretStr | list[SecretStr]], NoDecode] = Field(

@@ -6,6 +6,7 @@ It is the far side of an HTTP contract, not the thing under test: vectors are de
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -18,12 +19,13 @@ from fastapi import FastAPI, Request
 from npu_worker.redis_server import free_port
 
 
-def create_cloud_app(dim: int, calls: list[dict[str, Any]]) -> FastAPI:
+def create_cloud_app(dim: int, calls: list[dict[str, Any]], delay_s: float = 0.0) -> FastAPI:
     app = FastAPI()
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict[str, Any]:
         body = await request.json()
+        await asyncio.sleep(delay_s)
         calls.append({"path": "/v1/embeddings", "body": body, "auth": request.headers.get("authorization")})
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = []
@@ -37,6 +39,7 @@ def create_cloud_app(dim: int, calls: list[dict[str, Any]]) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> dict[str, Any]:
         body = await request.json()
+        await asyncio.sleep(delay_s)
         calls.append({"path": "/v1/chat/completions", "body": body, "auth": request.headers.get("authorization")})
         prompt = body["messages"][-1]["content"]
         return {"id": "cmpl-test", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
@@ -74,9 +77,9 @@ class ThreadedServer:
 
 
 class CloudServer(ThreadedServer):
-    def __init__(self, dim: int = 384):
+    def __init__(self, dim: int = 384, delay_s: float = 0.0):
         self.calls: list[dict[str, Any]] = []
-        super().__init__(create_cloud_app(dim, self.calls))
+        super().__init__(create_cloud_app(dim, self.calls, delay_s))
 
     @property
     def base_url(self) -> str:

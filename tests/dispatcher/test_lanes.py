@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,10 +11,9 @@ import pytest
 from rq import Queue
 from rq.job import JobStatus
 
-from dispatcher import AsyncDispatcher, Dispatcher, JobFailedError, NPUUnavailableError
+from dispatcher import AsyncDispatcher, Dispatcher, JobFailedError
 from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, Keys, MsgpackSerializer, pack
 from dispatcher.settings import Settings
-from tests.cloud_server import CloudServer
 from tests.conftest import WorkerProcess
 
 MODEL = "all-minilm-l6-v2"
@@ -108,65 +106,6 @@ def test_too_long_input_is_refused_by_the_worker_unless_truncation_is_asked(clie
     assert err.value.status == 422 and err.value.code == "input_too_long" and err.value.extra["index"] == 1
     result = client.embed(["fine", long_text], MODEL, truncate=True)
     assert result.truncated == [False, True] and result.vectors.shape == (2, 384)
-
-
-def test_no_live_worker_falls_back_to_the_cloud_without_waiting(isolated: Settings, cloud: CloudServer) -> None:
-    d = Dispatcher(isolated.model_copy(update={"cloud_base_url": cloud.base_url, "cloud_api_key": "sk-test"}))
-    started = time.monotonic()
-    result = d.embed(["private? no, this one may go out"], MODEL, deadline_s=20)
-    assert time.monotonic() - started < 2  # no worker: no waiting for the deadline
-    assert result.source == "cloud" and result.fallback_reason == "no_worker" and result.vectors.shape == (1, 384)
-    assert cloud.calls[-1]["auth"] == "Bearer sk-test" and cloud.calls[-1]["body"]["model"] == MODEL
-    text = d.generate("hello", LLM)
-    assert text.source == "cloud" and text.text == "cloud answer to: hello"
-    assert d.redis.xlen(Keys(isolated.key_prefix).stream(MODEL)) == 0  # nothing left queued for nobody
-
-
-def test_allow_cloud_false_keeps_data_on_premises(isolated: Settings, cloud: CloudServer) -> None:
-    d = Dispatcher(isolated.model_copy(update={"cloud_base_url": cloud.base_url}))
-    calls = len(cloud.calls)
-    with pytest.raises(NPUUnavailableError) as err:
-        d.embed(["secret"], MODEL, allow_cloud=False)
-    assert err.value.status == 503 and len(cloud.calls) == calls
-
-
-def test_no_worker_and_no_cloud_is_unavailable(isolated: Settings) -> None:
-    with pytest.raises(NPUUnavailableError, match="no cloud fallback is configured"):
-        Dispatcher(isolated).generate("hi", LLM)
-
-
-def test_cloud_vectors_of_another_dimension_are_refused(isolated: Settings, wrong_dim_cloud: CloudServer) -> None:
-    d = Dispatcher(isolated.model_copy(update={"cloud_base_url": wrong_dim_cloud.base_url}))
-    with pytest.raises(NPUUnavailableError) as err:
-        d.embed(["x"], MODEL)
-    assert err.value.extra["reason"] == "cloud_dimension_mismatch"
-
-
-def test_stalled_worker_hits_the_deadline_then_drops_the_late_job(isolated: Settings, cloud: CloudServer) -> None:
-    """A worker that is alive (fresh heartbeat) but does not answer in time: the caller gets the cloud's
-    answer at the deadline, and the worker, once it runs again, drops the late job without running it."""
-    proc = WorkerProcess(isolated, models=[MODEL])
-    try:
-        proc.wait_live()
-        d = Dispatcher(isolated.model_copy(update={"cloud_base_url": cloud.base_url}))
-        assert d.embed(["warm"], MODEL).source == "npu"
-        proc.proc.send_signal(signal.SIGSTOP)
-        started = time.monotonic()
-        result = d.embed(["too late for the worker"], MODEL, deadline_s=1.0)
-        waited = time.monotonic() - started
-        assert result.source == "cloud" and result.fallback_reason == "deadline"
-        assert 0.9 <= waited < 3
-        proc.proc.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            beat = proc.beat()
-            if beat and beat.counters.get("dropped_late"):
-                break
-            time.sleep(0.3)
-        assert beat and beat.counters.get("dropped_late") == 1 and beat.counters.get("jobs") == 1
-        assert d.redis.xlen(Keys(isolated.key_prefix).stream(MODEL)) == 0  # acked, not left behind
-    finally:
-        proc.stop()
 
 
 def test_bulk_job_through_plain_rq(settings: Settings, worker: WorkerProcess) -> None:
