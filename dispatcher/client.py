@@ -103,17 +103,17 @@ class Dispatcher(_Driver):
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(self.keys.stream(job.model, send.node), {"j": pack(job)})
         pipe.blpop([job.reply], timeout=min(send.timeout_s, WAIT_SLICE_S))
-        raw = pipe.execute()[1]
+        raw: Any = pipe.execute()[1]
         if raw is not None:
-            return unpack(raw[1])  # type: ignore[no-any-return]
+            return _message(raw[1])
         return self._receive(job.reply, end - time.monotonic())
 
     def _receive(self, key: str, timeout_s: float) -> dict[str, Any] | None:
         end = time.monotonic() + timeout_s
         while (left := end - time.monotonic()) > 0.01:
-            raw = self.redis.blpop([key], timeout=min(left, WAIT_SLICE_S))
+            raw: Any = self.redis.blpop([key], timeout=min(left, WAIT_SLICE_S))
             if raw is not None:
-                return unpack(raw[1])  # type: ignore[no-any-return]
+                return _message(raw[1])
         return None
 
     def embed(self, texts: list[str], model: str | None = None, *, deadline_s: float | None = None,
@@ -264,6 +264,11 @@ class AsyncDispatcher(_Driver):
         if self._http is not None:
             await self._http.aclose()
         await self.redis.aclose()
+
+
+def _message(raw: bytes) -> dict[str, Any]:
+    message: dict[str, Any] = unpack(raw)
+    return message
 
 
 def _only(outputs: Generator[Any, None, None]) -> Any:

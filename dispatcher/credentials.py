@@ -81,7 +81,7 @@ def _read_generated(path: Path) -> dict[str, str]:
         raise AuthConfigError(f"{path} lacks service_id, service_key or admin_token; delete it to regenerate")
     if path.stat().st_mode & 0o077:
         log.warning("%s is readable by other users; chmod 600 it", path)
-    return data
+    return {k: str(v) for k, v in data.items()}
 
 
 def ensure_generated(settings: Settings) -> Path | None:

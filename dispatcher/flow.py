@@ -198,7 +198,8 @@ class Core:
                                     limit=s.max_new_tokens)
         if temperature is not None and not 0 <= temperature <= 2:
             raise InvalidInputError("temperature must be between 0 and 2")
-        return prompt
+        checked: Prompt = prompt
+        return checked
 
     def new_tokens(self, max_tokens: int | None) -> int:
         """What a generation may produce: as asked, else the default, which never exceeds the limit."""

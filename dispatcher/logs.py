@@ -27,8 +27,8 @@ class JSONFormatter(logging.Formatter):
         entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                  "level": record.levelname, "logger": record.name, "pid": record.process,
                  "message": record.getMessage()}
-        if getattr(record, "request_id", None):
-            entry["request_id"] = record.request_id
+        if rid := getattr(record, "request_id", None):
+            entry["request_id"] = rid
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

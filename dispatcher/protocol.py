@@ -209,10 +209,10 @@ class ErrorReply(_Reply):
 def _reply_kind(data: Any) -> str:
     """The variant of a reply, from the fields every version of the wire format has (`ok`, `event`), so
     workers and callers of two releases can meet during a rolling upgrade."""
-    get = data.get if isinstance(data, dict) else lambda name: getattr(data, name, None)
-    if not get("ok"):
+    fields: dict[str, Any] = data if isinstance(data, dict) else {"ok": data.ok, "event": getattr(data, "event", None)}
+    if not fields.get("ok"):
         return "error"
-    return get("event") or "embedding"
+    return str(fields.get("event") or "embedding")
 
 
 Reply = Annotated[
@@ -267,7 +267,8 @@ def utilization(queued: int, running: int, max_concurrent: int) -> float:
 
 def pack(obj: BaseModel | dict[str, Any]) -> bytes:
     data = obj.model_dump(exclude_none=True) if isinstance(obj, BaseModel) else obj
-    return msgpack.packb(data, use_bin_type=True)
+    packed: bytes = msgpack.packb(data, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes) -> Any:
@@ -283,7 +284,8 @@ class MsgpackSerializer:
 
     @staticmethod
     def dumps(obj: Any) -> bytes:
-        return msgpack.packb(obj, use_bin_type=True)
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+        return packed
 
     @staticmethod
     def loads(data: bytes) -> Any:

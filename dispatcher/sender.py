@@ -14,7 +14,8 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-Fields = dict[str, Any]
+Fields = dict[Any, Any]
+"""Stream entry fields (redis-py types them more narrowly than its own xadd accepts)."""
 
 
 class Sender:
