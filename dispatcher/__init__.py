@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from .client import AsyncDispatcher, Dispatcher, EmbedResult, GenerateResult, StreamChunk
+from .client import AsyncDispatcher, Dispatcher
 from .errors import (
     InputTooLargeError,
     InvalidInputError,
@@ -24,6 +24,7 @@ from .errors import (
     WorkerLostError,
 )
 from .protocol import Prompt
+from .results import EmbedResult, GenerateResult, StreamChunk
 from .settings import Settings, get_settings
 from .signing import AsyncServiceHTTPClient, ServiceHTTPClient
 
