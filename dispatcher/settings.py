@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     max_texts: int = Field(256, ge=1, description="Texts in one embedding request (413 above).")
     max_text_chars: int = Field(20000, ge=1, description="Characters in one text (413 above).")
     max_prompt_chars: int = Field(20000, ge=1, description="Characters in one prompt (413 above).")
+    max_messages: int = Field(256, ge=1, description="Messages in one chat request (413 above).")
     max_new_tokens: int = Field(1024, ge=1, description="Largest max_tokens a generation may ask for.")
     default_new_tokens: int = Field(256, ge=1, description="max_tokens of a generation that does not say "
                                     "(at most max_new_tokens).")
