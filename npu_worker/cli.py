@@ -189,7 +189,8 @@ def status(
 
 @app.command()
 def bench(args: Annotated[list[str] | None, typer.Argument(help="Options for scripts/bench.py.")] = None) -> None:
-    """Run the side-by-side benchmark (scripts/bench.py in a source checkout)."""
+    """Run the side-by-side benchmark, scripts/bench.py. Source checkout only: the script, its peers and its
+    corpus are not installed with the package."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
     if not script.exists():
         console.print("[red]scripts/bench.py is not here: the benchmark runs from a source checkout")

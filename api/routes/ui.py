@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from dispatcher.errors import NPUError
+from dispatcher.errors import NotFoundError
 
 from ..auth import public
 
@@ -35,10 +35,6 @@ HEADERS = {
 TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 router = APIRouter(tags=["ui"], dependencies=[Depends(public)], include_in_schema=False)
-
-
-class AssetNotFound(NPUError):
-    status, code = 404, "not_found"
 
 
 def _assets() -> dict[str, Path]:
@@ -63,7 +59,7 @@ async def page() -> Response:
 async def asset(name: str) -> Response:
     path = ASSETS.get(name)
     if path is None:
-        raise AssetNotFound("no such file")
+        raise NotFoundError("no such file")
     return _file(path)
 
 
