@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     cloud_api_key: str | None = None
     cloud_timeout_s: float = Field(30.0, gt=0)
 
-    # --- Service authentication (DESIGN.md section 6); secrets are SecretStr so no repr or log shows them
+    # --- Service authentication (docs/architecture.md, Authentication); secrets are SecretStr, so no repr or
+    # log shows them
     service_keys: Annotated[dict[str, SecretStr | list[SecretStr]], NoDecode] = Field(
         default_factory=dict, description="Services the facade accepts, JSON: service id -> key, or a list of "
         "keys while one is rotated.")

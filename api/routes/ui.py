@@ -1,5 +1,5 @@
-"""The operator page (DESIGN.md section 7): `GET /fleet`, its static files under `/fleet/static/`, and the
-old settings URL redirecting to its NPU Workers tab.
+"""The operator page (docs/architecture.md, Operator page): `GET /fleet`, its static files under
+`/fleet/static/`, and the old settings URL redirecting to its NPU Workers tab.
 
 These routes are `public`: they serve the same fixed files to everyone, with no data and no secret. The
 page asks the operator for a token and reads and changes everything through the protected API with it.
