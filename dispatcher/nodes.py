@@ -52,7 +52,7 @@ def _dump(model: BaseModel) -> bytes:
 
 
 class NodeStore:
-    """Async access for the facade."""
+    """Async access, for the fleet service (`dispatcher.fleet.Fleet`)."""
 
     def __init__(self, r: aredis.Redis, keys: Keys):
         self.r, self.keys = r, keys
