@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 
 from dispatcher.client import AsyncDispatcher
+from dispatcher.fleet import Fleet
 from dispatcher.settings import Settings, get_settings
 
 from . import errors
@@ -23,14 +24,14 @@ from .routes import embeddings, fleet, health, inference, liveness, metrics, mod
 log = logging.getLogger(__name__)
 
 
-async def _sample_history(dispatcher: AsyncDispatcher) -> None:
+async def _sample_history(fleet: Fleet) -> None:
     """Utilization history for the operator page, every `history_interval_s`, while the facade runs."""
     while True:
         try:
-            await fleet.sample_history(dispatcher)
+            await fleet.sample_history()
         except RedisError as exc:
             log.debug("history sample skipped: %s", exc)
-        await asyncio.sleep(dispatcher.settings.history_interval_s)
+        await asyncio.sleep(fleet.settings.history_interval_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,8 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.dispatcher = AsyncDispatcher(settings)
-        sampler = asyncio.create_task(_sample_history(app.state.dispatcher))
+        dispatcher = app.state.dispatcher = AsyncDispatcher(settings)
+        app.state.fleet = Fleet(dispatcher.redis, dispatcher.keys, settings, dispatcher.registry)
+        sampler = asyncio.create_task(_sample_history(app.state.fleet))
         yield
         sampler.cancel()
         await app.state.dispatcher.aclose()

@@ -1,4 +1,4 @@
-"""Who is calling, and may they: dependencies every router declares (DESIGN.md section 6).
+"""Who is calling, and may they: dependencies every router declares (docs/architecture.md, Authentication).
 
 No middleware and no list of exempt paths: a route is protected because its router names what it needs
 (`require_read`, `require_inference`, `require_admin`), and a route without one stands out in the route

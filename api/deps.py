@@ -1,4 +1,4 @@
-"""Dependencies routes declare: the dispatcher and the settings of this app."""
+"""Dependencies routes declare: the dispatcher and the fleet service of this app."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from dispatcher import fleet
 from dispatcher.client import AsyncDispatcher
 
 
@@ -13,4 +14,9 @@ def get_dispatcher(request: Request) -> AsyncDispatcher:
     return request.app.state.dispatcher
 
 
+def get_fleet(request: Request) -> fleet.Fleet:
+    return request.app.state.fleet
+
+
 Dispatcher = Annotated[AsyncDispatcher, Depends(get_dispatcher)]
+Fleet = Annotated[fleet.Fleet, Depends(get_fleet)]

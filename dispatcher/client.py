@@ -41,10 +41,10 @@ class _Driver:
         self.cloud = self.core.cloud
 
     def check_texts(self, texts: Any) -> list[str]:
-        return self.core.check_texts(texts)
+        return self.core.limits.check_texts(texts)
 
     def check_prompt(self, prompt: Any, max_tokens: int | None, temperature: float | None) -> Prompt:
-        return self.core.check_prompt(prompt, max_tokens, temperature)
+        return self.core.limits.check_prompt(prompt, max_tokens, temperature)
 
 
 class Dispatcher(_Driver):

@@ -24,6 +24,7 @@ class ErrorCode(str, Enum):
     """The body fits the schema, but the model cannot take it as given."""
     WRONG_TASK = "wrong_task"
     TOO_MANY_TEXTS = "too_many_texts"
+    TOO_MANY_MESSAGES = "too_many_messages"
     INPUT_TOO_LARGE = "input_too_large"
     INPUT_TOO_LONG = "input_too_long"
     TOO_MANY_TOKENS = "too_many_tokens"

@@ -17,7 +17,6 @@ Policy, in one place:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from .cloud import CloudAPI
 from .errors import (
     REDIS_DOWN,
     ErrorCode,
-    InputTooLargeError,
     InvalidInputError,
     JobFailedError,
     NPUError,
@@ -37,6 +35,7 @@ from .errors import (
     OverloadedError,
     WorkerLostError,
 )
+from .limits import Limits
 from .logs import request_id
 from .models import ModelSpec, Registry
 from .nodes import read_load_balancing
@@ -71,10 +70,6 @@ Route = Literal["ok", "no_worker", "overloaded"]
 Decision = tuple[Route, str | None]
 """A route and the node whose stream a job goes to (None: the model's shared stream)."""
 
-NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
-"""A character that makes a text or prompt non-blank: not whitespace, nor a byte-order mark. Written so
-Python's and ECMA-262's regex engines read it alike (the OpenAPI schema states it as the pattern)."""
-_NOT_BLANK = re.compile(NOT_BLANK)
 
 
 # --- effects: what a flow asks its driver to do
@@ -147,6 +142,7 @@ class Core:
         self.registry = registry or Registry.load(settings)
         self.keys = Keys(settings.key_prefix)
         self.cloud = CloudAPI(settings)
+        self.limits = Limits.of(settings)
         self.router = Router()
         self._routes: dict[str, tuple[float, Route, FleetRoute | None]] = {}
 
@@ -158,48 +154,6 @@ class Core:
             raise InvalidInputError(f"model {spec.name!r} is a {spec.task} model, not {task}",
                                     code=ErrorCode.WRONG_TASK)
         return spec
-
-    def check_texts(self, texts: Any) -> list[str]:
-        s = self.settings
-        if isinstance(texts, str) or not isinstance(texts, list) or not texts:
-            raise InvalidInputError("texts must be a non-empty list of strings")
-        if len(texts) > s.max_texts:
-            raise InputTooLargeError(f"{len(texts)} texts in one request; the limit is {s.max_texts}",
-                                     code=ErrorCode.TOO_MANY_TEXTS, limit=s.max_texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not _NOT_BLANK.search(text):
-                raise InvalidInputError(f"texts[{i}] must be a non-empty string", index=i)
-            if len(text) > s.max_text_chars:
-                raise InputTooLargeError(
-                    f"texts[{i}] has {len(text)} characters; the limit is {s.max_text_chars}",
-                    code=ErrorCode.INPUT_TOO_LARGE, index=i, limit=s.max_text_chars)
-        return texts
-
-    def check_prompt(self, prompt: Any, max_tokens: int | None, temperature: float | None) -> Prompt:
-        s = self.settings
-        if isinstance(prompt, list):
-            roles = {"system", "user", "assistant"}
-            if not prompt or not all(isinstance(m, dict) and m.get("role") in roles
-                                     and isinstance(m.get("content"), str) for m in prompt):
-                raise InvalidInputError('messages must be a non-empty list of {"role": "system"|"user"|"assistant", '
-                                        '"content": string}')
-            chars = sum(len(m["content"]) for m in prompt)
-            if not any(_NOT_BLANK.search(m["content"]) for m in prompt):
-                raise InvalidInputError("messages are all empty")
-        elif isinstance(prompt, str) and _NOT_BLANK.search(prompt):
-            chars = len(prompt)
-        else:
-            raise InvalidInputError("prompt must be a non-empty string")
-        if chars > s.max_prompt_chars:
-            raise InputTooLargeError(f"prompt has {chars} characters; the limit is {s.max_prompt_chars}",
-                                     code=ErrorCode.INPUT_TOO_LARGE, limit=s.max_prompt_chars)
-        if max_tokens is not None and not 1 <= max_tokens <= s.max_new_tokens:
-            raise InvalidInputError(f"max_tokens must be between 1 and {s.max_new_tokens}",
-                                    limit=s.max_new_tokens)
-        if temperature is not None and not 0 <= temperature <= 2:
-            raise InvalidInputError("temperature must be between 0 and 2")
-        checked: Prompt = prompt
-        return checked
 
     def new_tokens(self, max_tokens: int | None) -> int:
         """What a generation may produce: as asked, else the default, which never exceeds the limit."""
@@ -227,6 +181,13 @@ class Core:
                                     ("xlen", (keys.stream(model),)),
                                     *[("xlen", (keys.stream(model, node),)) for node in nodes]])
         yield self._note_route(model, lb_raw, state)
+
+    def forget_routes(self, model: str | None = None) -> None:
+        """Read the fleet afresh for the next job (of `model`, or of every model)."""
+        if model is None:
+            self._routes.clear()
+        else:
+            self._routes.pop(model, None)
 
     def cached_route(self, model: str) -> Decision | None:
         cached = self._routes.get(model)
@@ -258,7 +219,7 @@ class Core:
               allow_cloud: bool = True, truncate: bool = False) -> Flow:
         started = time.perf_counter()
         spec = self.spec(model, "embedding")
-        texts = self.check_texts(texts)
+        texts = self.limits.check_texts(texts)
         budget = self.budget(deadline_s)
         cloud = allow_cloud and self.cloud.available_for(spec)
         try:
@@ -291,7 +252,7 @@ class Core:
         """
         started = time.perf_counter()
         spec = self.spec(model, "generation")
-        prompt = self.check_prompt(prompt, max_tokens, temperature)
+        prompt = self.limits.check_prompt(prompt, max_tokens, temperature)
         max_tokens = self.new_tokens(max_tokens)
         budget = self.budget(deadline_s)
         cloud = allow_cloud and self.cloud.available_for(spec)
@@ -319,7 +280,7 @@ class Core:
                 except WorkerLostError:
                     if sent:
                         raise
-                    self._routes.pop(spec.name, None)
+                    self.forget_routes(spec.name)
                     reason = "worker_lost"
                     continue
                 yield StreamChunk("", True, self._generate_result(spec, reply, started))

@@ -33,7 +33,6 @@ class ModelSpec(BaseModel):
     normalize: bool = True
     max_input_tokens: int = Field(512, ge=1)
     cloud_model: str | None = None
-    cloud_dim: int | None = None
 
 
 class Registry:

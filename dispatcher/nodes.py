@@ -8,7 +8,7 @@ and which models an operator wants the node to serve.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import redis
@@ -52,7 +52,7 @@ def _dump(model: BaseModel) -> bytes:
 
 
 class NodeStore:
-    """Async access for the facade."""
+    """Async access, for the fleet service (`dispatcher.fleet.Fleet`)."""
 
     def __init__(self, r: aredis.Redis, keys: Keys):
         self.r, self.keys = r, keys
@@ -62,7 +62,8 @@ class NodeStore:
         return Node.model_validate_json(raw) if raw else None
 
     async def all(self) -> list[Node]:
-        ids = sorted(i.decode() for i in await self.r.smembers(self.keys.nodes))
+        members: Any = await self.r.smembers(self.keys.nodes)
+        ids = sorted(i.decode() for i in members)
         raws = await self.r.mget([self.keys.node(i) for i in ids]) if ids else []
         return [Node.model_validate_json(raw) for raw in raws if raw]
 

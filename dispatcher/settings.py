@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     max_texts: int = Field(256, ge=1, description="Texts in one embedding request (413 above).")
     max_text_chars: int = Field(20000, ge=1, description="Characters in one text (413 above).")
     max_prompt_chars: int = Field(20000, ge=1, description="Characters in one prompt (413 above).")
+    max_messages: int = Field(256, ge=1, description="Messages in one chat request (413 above).")
     max_new_tokens: int = Field(1024, ge=1, description="Largest max_tokens a generation may ask for.")
     default_new_tokens: int = Field(256, ge=1, description="max_tokens of a generation that does not say "
                                     "(at most max_new_tokens).")
@@ -99,7 +100,8 @@ class Settings(BaseSettings):
     cloud_share: float = Field(0.25, ge=0, lt=1, description="Share of a request's deadline kept for the cloud "
                                "fallback when one may be asked: the wait for a worker ends that much earlier.")
 
-    # --- Service authentication (DESIGN.md section 6); secrets are SecretStr so no repr or log shows them
+    # --- Service authentication (docs/architecture.md, Authentication); secrets are SecretStr, so no repr or
+    # log shows them
     service_keys: Annotated[dict[str, SecretStr | list[SecretStr]], NoDecode] = Field(
         default_factory=dict, description="Services the facade accepts, JSON: service id -> key, or a list of "
         "keys while one is rotated.")

@@ -11,12 +11,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from dispatcher.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from dispatcher.protocol import Heartbeat
 
 app = typer.Typer(help="Inference worker pool on OpenVINO and Redis.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -125,13 +128,27 @@ def serve(
                 log_level=settings.log_level.lower(), access_log=False, log_config=None)
 
 
-def _status_table(settings: Settings) -> Any:
-    from rich.table import Table
-
-    from dispatcher.fleet import by_model, live_heartbeats_sync
+async def _live_beats(settings: Settings) -> list[Heartbeat]:
+    """The fleet service is async (the facade's); a CLI command runs it once with `asyncio.run`."""
+    from dispatcher.fleet import Fleet
+    from dispatcher.models import Registry
     from dispatcher.protocol import Keys
 
-    beats = live_heartbeats_sync(settings.redis(), Keys(settings.key_prefix))
+    r = settings.aredis()
+    try:
+        return await Fleet(r, Keys(settings.key_prefix), settings, Registry.load(settings)).heartbeats()
+    finally:
+        await r.aclose()
+
+
+def _status_table(settings: Settings) -> Any:
+    import asyncio
+
+    from rich.table import Table
+
+    from dispatcher.fleet import by_model
+
+    beats = asyncio.run(_live_beats(settings))
     table = Table(title=f"npu-worker: {len(beats)} live worker(s) on {settings.redis_address} "
                         f"(prefix {settings.key_prefix})")
     for column in ("worker", "node", "models (device)", "queued i/b", "running", "util %", "busy %", "jobs", "seen"):
@@ -172,7 +189,8 @@ def status(
 
 @app.command()
 def bench(args: Annotated[list[str] | None, typer.Argument(help="Options for scripts/bench.py.")] = None) -> None:
-    """Run the side-by-side benchmark (scripts/bench.py in a source checkout)."""
+    """Run the side-by-side benchmark, scripts/bench.py. Source checkout only: the script, its peers and its
+    corpus are not installed with the package."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
     if not script.exists():
         console.print("[red]scripts/bench.py is not here: the benchmark runs from a source checkout")

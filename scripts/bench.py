@@ -2,7 +2,7 @@
 """Side-by-side benchmark: the whole stack against raw in-process OpenVINO, in one run.
 
 Starts what it needs (an embedded Redis unless --redis-url, one worker, the facade, the peers), runs
-every scenario for several rounds on ../shared/bench/sentences.txt (or --corpus), and prints one table
+every scenario for several rounds on scripts/data/sentences.txt (or --corpus), and prints one table
 of medians and the ratios the speed targets are stated in, plus a JSON file. Not a test: it asserts
 nothing, it reports.
 
@@ -410,7 +410,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter loads")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
-    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "bench" / "sentences.txt")
+    parser.add_argument("--corpus", type=Path, default=ROOT / "scripts" / "data" / "sentences.txt")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument("--skip", action="append", default=[],
                         help="skip a section: http, infinity, generation, bulk")

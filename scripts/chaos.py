@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from dispatcher.protocol import EMBED_TASK, Heartbeat, Keys, MsgpackSerializer, unpack  # noqa: E402
 from dispatcher.settings import Settings  # noqa: E402
 from npu_worker.redis_server import EmbeddedRedis, free_port  # noqa: E402
-from tests.cloud_server import CloudServer  # noqa: E402
+from scripts.cloud_server import CloudServer  # noqa: E402
 
 TOKEN = f"chaos-{uuid.uuid4().hex}"
 """An operator token for this run's facade (the load goes through the facade's auth like any caller's)."""

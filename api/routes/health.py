@@ -6,10 +6,10 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from dispatcher.fleet import best_device_type, by_model, live_heartbeats, memory_gb
+from dispatcher.fleet import Load, memory_gb
 
 from ..auth import RESPONSES, require_read
-from ..deps import Dispatcher
+from ..deps import Dispatcher, Fleet
 from ..schemas import HealthResponse
 
 router = APIRouter(tags=["health"], dependencies=[Depends(require_read)],
@@ -17,18 +17,18 @@ router = APIRouter(tags=["health"], dependencies=[Depends(require_read)],
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
-async def health(dispatcher: Dispatcher, response: Response) -> HealthResponse:
+async def health(dispatcher: Dispatcher, fleet: Fleet, response: Response) -> HealthResponse:
     """`healthy`: every registered model has a live worker; `degraded`: some requests go to the cloud
     or fail; `unhealthy` (503): nothing can answer."""
     registry, cloud = dispatcher.registry, dispatcher.cloud
     try:
-        beats = await live_heartbeats(dispatcher.redis, dispatcher.keys)
+        beats = await fleet.heartbeats()
         redis_ok = True
     except RedisError:
         beats, redis_ok = [], False
-    states = by_model(beats)
-    loaded = sorted(m for m in states if m in registry.specs)
-    missing = [m for m in registry.names if m not in states]
+    load = Load.of(beats)
+    loaded = [m for m in load.loaded_models if m in registry.specs]
+    missing = [m for m in registry.names if m not in load.models]
     fallback = [m for m in missing if cloud.available_for(registry.specs[m])]
     if not redis_ok or (not loaded and not fallback):
         status = "unhealthy"
@@ -38,14 +38,10 @@ async def health(dispatcher: Dispatcher, response: Response) -> HealthResponse:
         status = "healthy"
     if status == "unhealthy":
         response.status_code = 503
-    max_concurrent = sum(b.max_concurrent for b in beats)
-    depth = sum(s.interactive_depth + s.bulk_depth for s in states.values())
-    running = sum(b.running for b in beats)
     return HealthResponse(
-        status=status, redis="ok" if redis_ok else "unreachable", workers=len(beats),
-        max_concurrent=max_concurrent,
-        memory_gb=max((b.memory_gb for b in beats), default=memory_gb()),
-        utilization=round(min(100.0, 100.0 * (depth + running) / max_concurrent), 1) if max_concurrent else 0.0,
-        device_type=best_device_type({d for s in states.values() for d in s.devices}),
-        loaded_models=loaded, missing_models=missing, queue_depth=depth,
+        status=status, redis="ok" if redis_ok else "unreachable", workers=load.workers,
+        max_concurrent=load.max_concurrent,
+        memory_gb=load.memory_gb if load.memory_gb is not None else memory_gb(),
+        utilization=load.utilization, device_type=load.device_type,
+        loaded_models=loaded, missing_models=missing, queue_depth=load.queued,
         cloud_fallback=bool(cloud.base_url))

@@ -7,16 +7,14 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dispatcher.fleet import live_heartbeats
-
 from .. import metrics
 from ..auth import RESPONSES, require_read
-from ..deps import Dispatcher
+from ..deps import Fleet
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_read)], responses=RESPONSES)
 
 
 @router.get("/metrics", response_class=Response)
-async def prometheus(dispatcher: Dispatcher) -> Response:
-    beats = await live_heartbeats(dispatcher.redis, dispatcher.keys)
+async def prometheus(fleet: Fleet) -> Response:
+    beats = await fleet.heartbeats()
     return Response(metrics.render(beats), media_type=CONTENT_TYPE_LATEST)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from dispatcher.fleet import by_model, live_heartbeats
+from dispatcher.fleet import by_model
 
 from ..auth import RESPONSES, require_read
-from ..deps import Dispatcher
+from ..deps import Dispatcher, Fleet
 from ..schemas import ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_read)],
@@ -15,8 +15,8 @@ router = APIRouter(tags=["models"], dependencies=[Depends(require_read)],
 
 
 @router.get("/models", response_model=ModelsResponse)
-async def list_models(dispatcher: Dispatcher) -> ModelsResponse:
-    states = by_model(await live_heartbeats(dispatcher.redis, dispatcher.keys))
+async def list_models(dispatcher: Dispatcher, fleet: Fleet) -> ModelsResponse:
+    states = by_model(await fleet.heartbeats())
     infos = []
     for name in dispatcher.registry.names:
         spec, state = dispatcher.registry.specs[name], states.get(name)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.client import StreamChunk
 from dispatcher.errors import InvalidInputError
+from dispatcher.limits import Role
 
 from .. import metrics
 from ..auth import RESPONSES, require_inference, require_read
@@ -41,7 +42,7 @@ class EmbeddingRequest(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
+    role: Role
     content: str
 
 

@@ -1,5 +1,5 @@
-"""The operator page (DESIGN.md section 7): `GET /fleet`, its static files under `/fleet/static/`, and the
-old settings URL redirecting to its NPU Workers tab.
+"""The operator page (docs/architecture.md, Operator page): `GET /fleet`, its static files under
+`/fleet/static/`, and the old settings URL redirecting to its NPU Workers tab.
 
 These routes are `public`: they serve the same fixed files to everyone, with no data and no secret. The
 page asks the operator for a token and reads and changes everything through the protected API with it.
@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from dispatcher.errors import NPUError
+from dispatcher.errors import NotFoundError
 
 from ..auth import public
 
@@ -35,10 +35,6 @@ HEADERS = {
 TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 router = APIRouter(tags=["ui"], dependencies=[Depends(public)], include_in_schema=False)
-
-
-class AssetNotFound(NPUError):
-    status, code = 404, "not_found"
 
 
 def _assets() -> dict[str, Path]:
@@ -63,7 +59,7 @@ async def page() -> Response:
 async def asset(name: str) -> Response:
     path = ASSETS.get(name)
     if path is None:
-        raise AssetNotFound("no such file")
+        raise NotFoundError("no such file")
     return _file(path)
 
 

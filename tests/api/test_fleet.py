@@ -91,7 +91,8 @@ def test_load_balancing_is_stored_and_affinity_is_validated(admin: TestClient, s
 def test_node_crud(admin: TestClient) -> None:
     assert admin.post("/api/fleet/nodes", json={"id": "added-crud", "name": "Crud", "labels": {"rack": "2"}}
                       ).status_code == 201
-    assert admin.post("/api/fleet/nodes", json={"id": "added-crud", "name": "Again"}).status_code == 422
+    again = admin.post("/api/fleet/nodes", json={"id": "added-crud", "name": "Again"})
+    assert again.status_code == 409 and again.json()["error"] == "conflict"
     updated = admin.patch("/api/fleet/nodes/added-crud", json={"name": "Renamed", "labels": {"rack": "3"}}).json()
     assert updated["name"] == "Renamed" and updated["labels"] == {"rack": "3"}
     assert admin.delete("/api/fleet/nodes/added-crud").status_code == 204
