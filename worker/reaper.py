@@ -126,20 +126,26 @@ class BulkReaper:
         give_up = self.deliveries.exhausted(len(lost))
         reason = (f"AbandonedJobError: {len(lost)} worker(s) died while running this job ({', '.join(lost)}); "
                   f"failed after {self.settings.max_deliveries} deliveries by the npu-worker reaper")
-        job.started_at = None
-        if not give_up and job.has_rate_limit:
-            # RQ takes no pipeline for a rate-limited job: it is queued first, so a failure before the MULTI
-            # below leaves a queued job whose registry entry the next pass drops as a leftover.
-            queue.enqueue_job(job, at_front=True)
-        with self.redis.pipeline() as pipe:  # MULTI: requeued (or failed) and out of the registry at once
-            if give_up:
-                job.ended_at = now()
-                record_job_failure(job, reason, pipe)
-            elif not job.has_rate_limit:
-                queue.enqueue_job(job, pipeline=pipe, at_front=True)  # first: it starts the MULTI
-            execution.delete(job, pipe)
-            pipe.lrem(queue.intermediate_queue_key, 0, job_id)
-            pipe.execute()
+        if give_up:
+            job.ended_at = now()
+        else:
+            job.started_at = None
+            if job.has_rate_limit:
+                # RQ takes no pipeline for a rate-limited job: it is queued first, so a failure before the
+                # MULTI below leaves a queued job whose registry entry the next pass drops as a leftover.
+                queue.enqueue_job(job, at_front=True)
+        try:
+            with self.redis.pipeline() as pipe:  # MULTI: requeued (or failed) and out of the registry at once
+                if give_up:
+                    record_job_failure(job, reason, pipe)
+                elif not job.has_rate_limit:
+                    queue.enqueue_job(job, pipeline=pipe, at_front=True)  # first: it starts the MULTI
+                execution.delete(job, pipe)
+                pipe.lrem(queue.intermediate_queue_key, 0, job_id)
+                pipe.execute()
+        except redis.WatchError:  # the job's dependencies changed meanwhile (enqueue_job watches them)
+            self.redis.delete(self.keys.reap_lock(composite))  # nothing was done: the next pass tries again
+            return False
         self.stats.add("bulk_failed_abandoned" if give_up else "bulk_requeued")
         if give_up:
             log.error("bulk job %s failed: %s", job_id, reason)
