@@ -124,10 +124,17 @@ class Worker:
     def _make_lanes(self) -> None:
         """Lanes for the models loaded now; the bulk lane's RQ worker lists exactly their queues."""
         s, r, me = self.settings, self.redis, self.worker_id
+        old_interactive, old_bulk = self.interactive, self.bulk
         self.interactive = InteractiveLane(s, r, me, self.served, self.stats)
-        if self.bulk:
-            self.bulk.close()
+        if old_interactive:
+            # Generations the old lane admitted report through its outbox: the new lane flushes the same one.
+            self.interactive.outbox = old_interactive.outbox
+        if old_bulk:
+            old_bulk.close()
         self.bulk = BulkLane(s, r, me, self.served, self.stats)
+        if old_bulk:
+            # Bulk generations still running are this process's: the reaper must not take them for orphans.
+            self.bulk.inflight, self.bulk.generating = old_bulk.inflight, old_bulk.generating
         self.reaper = BulkReaper(s, r, me, self.bulk, self.stats)
 
     def run(self) -> None:

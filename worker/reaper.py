@@ -40,7 +40,6 @@ from .bulk import BulkLane
 from .deliveries import DELIVERIES, Deliveries, worker_expiries
 from .stats import Stats
 
-__all__ = ["DELIVERIES", "BulkReaper"]
 log = logging.getLogger(__name__)
 LOCK_S = 60
 """Life of a reap lock: long enough for its holder to act (milliseconds); once it did, the registry entry

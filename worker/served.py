@@ -46,9 +46,6 @@ class Served:
     def __getitem__(self, name: str) -> Pipeline:
         return self._pipelines[name]
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._pipelines
-
     def __bool__(self) -> bool:
         return bool(self._pipelines)
 
