@@ -4,41 +4,56 @@ Jobs are plain RQ jobs (so backends use `Queue.enqueue`, `Job.latest_result`, ca
 operators `rq info`), but several jobs' texts go through one inference. RQ's bookkeeping is done by
 an `rq.SimpleWorker` that never runs its own loop: it registers this process with RQ, moves each job
 through the started/finished/failed registries and stores results, exactly as `rq worker` would.
-Jobs a dead worker had started are requeued by its peers (`worker/reaper.py`).
+Only RQ's public worker methods are used (`prepare_execution`, `handle_job_success`, `handle_job_failure`,
+...), the ones `rq worker` itself calls around `Job.perform()`. Jobs a dead worker had started are
+requeued by its peers (`worker/reaper.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from rq import Queue, SimpleWorker, worker_registration
+import redis
+from rq import Queue, SimpleWorker
+from rq.callbacks import execute_failure_callback, execute_success_callback
 from rq.job import Job as RQJob
+from rq.job import JobStatus
+from rq.job_lifecycle import format_exc_info
 from rq.utils import now
 
-from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, MsgpackSerializer
+from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, Keys, MsgpackSerializer
+from dispatcher.settings import Settings
 
+from . import inference
 from .generation import Generated, Generator
 from .pipelines import Embedder
+from .routes import Routes
+from .served import Served
+from .stats import Stats
 from .tasks import embed_result, generate_result
 
 if TYPE_CHECKING:
     from rq.executions import Execution
 
-    from .main import Worker
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 log = logging.getLogger(__name__)
 
 
 class BulkLane:
-    def __init__(self, worker: Worker):
-        self.worker = worker
-        self.queues = {name: Queue(name, connection=worker.redis, serializer=MsgpackSerializer)
-                       for m in worker.pipelines for name in worker.queues(m)}
+    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats):
+        self.settings, self.redis, self.stats = settings, r, stats
+        self.pipelines = served.pipelines
+        """The models served when the lane was made (a model change makes a new lane)."""
+        routes = Routes(Keys(settings.key_prefix), settings.node_id)
+        self.queues = {name: Queue(name, connection=r, serializer=MsgpackSerializer)
+                       for m in self.pipelines for name in routes.queues(m)}
         """Queue name -> queue: each model's routed (this node's) queue, then its shared one."""
-        self.models = {name: m for m in worker.pipelines for name in worker.queues(m)}
-        self.rq = SimpleWorker(list(self.queues.values()), connection=worker.redis, name=worker.worker_id,
+        self.models = {name: m for m in self.pipelines for name in routes.queues(m)}
+        self.rq = SimpleWorker(list(self.queues.values()), connection=r, name=worker_id,
                                serializer=MsgpackSerializer)
         self.rq.register_birth()
         self.inflight: set[str] = set()
@@ -52,11 +67,10 @@ class BulkLane:
 
     def register(self) -> None:
         """Announce this worker to RQ again, after Redis lost its data (`rq info` lists it again)."""
-        with self.worker.redis.pipeline() as pipe:
-            pipe.hset(self.rq.key, mapping=self.rq.serialize())
-            worker_registration.register(self.rq, pipe)
-            pipe.expire(self.rq.key, self.rq.worker_ttl + 60)
-            pipe.execute()
+        try:
+            self.rq.register_birth()
+        except ValueError:  # RQ still knows this worker alive: only some of our keys were lost
+            self.rq.heartbeat()
 
     def close(self) -> None:
         try:
@@ -68,7 +82,7 @@ class BulkLane:
         """Run one batch from the first model with bulk work; False when every bulk queue is empty."""
         for name, queue in self.queues.items():
             model = self.models[name]
-            pipeline = self.worker.pipelines[model]
+            pipeline = self.pipelines[model]
             taken: list[tuple[RQJob, Execution]] = []
             try:
                 self._take(queue, pipeline, taken)
@@ -85,9 +99,9 @@ class BulkLane:
 
     def _take(self, queue: Queue, pipeline: Embedder | Generator, taken: list[tuple[RQJob, Execution]]) -> None:
         """Dequeue up to a batch of texts' worth of jobs (one job for generation) into `taken`."""
-        budget = self.worker.settings.batch_max if isinstance(pipeline, Embedder) else pipeline.free_slots
+        budget = self.settings.batch_max if isinstance(pipeline, Embedder) else pipeline.free_slots
         while budget > 0:
-            found = Queue.dequeue_any([queue], None, connection=self.worker.redis, serializer=MsgpackSerializer)
+            found = Queue.dequeue_any([queue], None, connection=self.redis, serializer=MsgpackSerializer)
             if found is None:
                 break
             job = found[0]
@@ -120,7 +134,7 @@ class BulkLane:
                     self._start_generation(queue, pipeline, job, execution)
                     continue
                 counts, truncated = pipeline.check(job.kwargs["texts"], bool(job.kwargs.get("truncate")),
-                                                   counts_of.get(job.id), self.worker.settings.max_request_tokens)
+                                                   counts_of.get(job.id), self.settings.max_request_tokens)
             except Exception as exc:  # a job that cannot run fails visibly; the rest of the batch goes on
                 self._fail(job, queue, execution, exc)
                 continue
@@ -148,7 +162,7 @@ class BulkLane:
                batch: list[tuple[RQJob, Execution, list[int], list[bool]]]) -> None:
         texts = [t for job, *_ in batch for t in job.kwargs["texts"]]
         try:
-            vectors = self.worker.run_embed(pipeline, texts)
+            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats)
         except Exception as exc:
             log.exception("bulk embedding failed for %d jobs", len(batch))
             for job, execution, *_ in batch:
@@ -157,7 +171,7 @@ class BulkLane:
         row = 0
         for job, execution, counts, truncated in batch:
             n = len(job.kwargs["texts"])
-            result = embed_result(pipeline, vectors[row:row + n], counts, truncated, self.worker.settings.node_id)
+            result = embed_result(pipeline, vectors[row:row + n], counts, truncated, self.settings.node_id)
             row += n
             self._succeed(job, queue, execution, result)
 
@@ -172,22 +186,41 @@ class BulkLane:
                 self._fail(job, queue, execution, result)
             else:
                 self._succeed(job, queue, execution,
-                              generate_result(pipeline, result, self.worker.settings.node_id))
+                              generate_result(pipeline, result, self.settings.node_id))
 
         pipeline.submit(kwargs["prompt"], kwargs.get("max_tokens"), kwargs.get("temperature"), on_done=done)
         self.generating.add(job.id)
 
     def _succeed(self, job: RQJob, queue: Queue, execution: Execution, result: dict[str, Any]) -> None:
+        """What `rq worker` does after `Job.perform()` returned: success callback, result, registries."""
         self.inflight.discard(job.id)  # first: if Redis fails below, the reaper finds the job orphaned
-        job.ended_at = now()
-        self.worker.counters["bulk_jobs"] += 1
-        self.rq._finalize_success(job, queue, execution, result)
+        self.rq.handle_execution_ended(job, queue, job.success_callback_timeout)
+        # Not public: RQ has no setter for a return value computed outside `Job.perform()` (here, one
+        # inference for many jobs), and `handle_job_success` stores `job._result` as the job's Result.
+        job._result = result
+        try:
+            execute_success_callback(job, self.rq.death_penalty_class, result)
+        except Exception:  # as in `rq worker`: a raising success callback fails the job
+            self._record_failure(job, queue, execution, sys.exc_info())
+            return
+        self.stats.add("bulk_jobs")
+        self.rq.handle_job_success(job, queue, queue.started_job_registry, execution)
+        job.send_webhooks(JobStatus.FINISHED)
 
     def _fail(self, job: RQJob, queue: Queue, execution: Execution, exc: BaseException) -> None:
+        """What `rq worker` does after `Job.perform()` raised: failure callback, handlers, Retry or failed registry."""
         self.inflight.discard(job.id)
-        job.ended_at = now()
-        self.worker.counters["bulk_failed"] += 1
+        self.rq.handle_execution_ended(job, queue, job.failure_callback_timeout)
+        exc_info: ExcInfo = (type(exc), exc, exc.__traceback__)
         try:
-            raise exc
-        except BaseException:
-            self.rq._finalize_failure(job, queue, execution, sys.exc_info())
+            execute_failure_callback(job, self.rq.death_penalty_class, *exc_info)
+        except Exception:  # the callback's error replaces the job's, as in `rq worker`
+            exc_info = sys.exc_info()
+        self._record_failure(job, queue, execution, exc_info)
+
+    def _record_failure(self, job: RQJob, queue: Queue, execution: Execution,
+                        exc_info: ExcInfo) -> None:
+        self.stats.add("bulk_failed")
+        self.rq.handle_exception(job, *exc_info)
+        self.rq.handle_job_failure(job, queue, queue.started_job_registry, exc_string=format_exc_info(exc_info),
+                                   execution=execution)

@@ -19,12 +19,12 @@ import openvino_genai as og
 from dispatcher.errors import InvalidInputError
 from dispatcher.models import ModelSpec
 from dispatcher.protocol import Prompt, as_messages
+from dispatcher.settings import Settings
 
 from .devices import first_that_compiles
-from .pipelines import require_model_dir
+from .pipelines import plugin_config, require_model_dir
 
 log = logging.getLogger(__name__)
-DEFAULT_MAX_TOKENS = 256
 GREEDY_BELOW = 1e-2
 """Temperatures under this decode greedily: they pick the top token anyway, and a tiny one (1e-246 from a
 fuzzer) is 0 in the engine's float32, which it refuses while sampling."""
@@ -55,16 +55,19 @@ class _Active:
 
 
 class Generator:
-    def __init__(self, spec: ModelSpec, chain: list[str], max_sequences: int = 8):
+    def __init__(self, spec: ModelSpec, chain: list[str], max_sequences: int = 8, threads: int = 0,
+                 default_max_tokens: int = Settings.model_fields["default_new_tokens"].default):
+        """`default_max_tokens`: for a job that does not say (the dispatcher always does; a backend's plain
+        `Queue.enqueue` may not); `threads` as for `Embedder` (NPU_INFERENCE_THREADS)."""
         require_model_dir(spec)
         self.spec = spec
         self.max_sequences = max_sequences
+        self.default_max_tokens = default_max_tokens
         scheduler = og.SchedulerConfig()
         scheduler.cache_size = 1  # GB of KV cache: ample for a small model and a few sequences
         scheduler.max_num_seqs = max_sequences
         self.pipeline, self.device = first_that_compiles(
-            lambda device: og.ContinuousBatchingPipeline(str(spec.path), scheduler, device,
-                                                         {"PERFORMANCE_HINT": "LATENCY"}),
+            lambda device: og.ContinuousBatchingPipeline(str(spec.path), scheduler, device, plugin_config(threads)),
             chain, spec.name)
         self.tokenizer = self.pipeline.get_tokenizer()
         self.active: dict[int, _Active] = {}
@@ -95,7 +98,7 @@ class Generator:
         if prompt_tokens > self.spec.max_input_tokens:
             self.check(prompt)  # raises with the details
         config = og.GenerationConfig()
-        config.max_new_tokens = max_tokens or DEFAULT_MAX_TOKENS
+        config.max_new_tokens = max_tokens or self.default_max_tokens
         config.apply_chat_template = False  # applied above, so the token count is the real one
         if temperature and temperature >= GREEDY_BELOW:
             config.do_sample = True

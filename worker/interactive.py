@@ -12,7 +12,9 @@ import logging
 import time
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import redis
 
 from dispatcher.errors import ErrorCode, NPUError
 from dispatcher.logs import request_id
@@ -23,19 +25,22 @@ from dispatcher.protocol import (
     EmbeddingReply,
     ErrorReply,
     Job,
+    Keys,
     Reply,
     StartReply,
     pack,
     unpack,
 )
+from dispatcher.settings import Settings
 
+from . import inference
+from .deliveries import Deliveries, dead_workers
 from .devices import device_type
 from .generation import Generated, Generator
-from .heartbeat import dead_workers
 from .pipelines import Embedder
-
-if TYPE_CHECKING:
-    from .main import Worker
+from .routes import Routes
+from .served import Served
+from .stats import Stats
 
 log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -44,12 +49,15 @@ POLL_S = 0.0005
 
 
 class InteractiveLane:
-    def __init__(self, worker: Worker):
-        self.worker = worker
-        self.settings = worker.settings
-        self.redis = worker.redis
-        self.stream_models = {s: m for m in worker.pipelines for s in worker.streams(m)}
-        kinds = {s: isinstance(worker.pipelines[m], Embedder) for s, m in self.stream_models.items()}
+    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats):
+        self.settings, self.redis, self.worker_id, self.stats = settings, r, worker_id, stats
+        self.keys = Keys(settings.key_prefix)
+        self.deliveries = Deliveries(settings.max_deliveries)
+        self.pipelines = served.pipelines
+        """The models served when the lane was made (a model change makes a new lane)."""
+        routes = Routes(self.keys, settings.node_id)
+        self.stream_models = {s: m for m in self.pipelines for s in routes.streams(m)}
+        kinds = {s: isinstance(self.pipelines[m], Embedder) for s, m in self.stream_models.items()}
         self.embed_streams = {s: ">" for s, embeds in kinds.items() if embeds}
         self.gen_streams = {s: ">" for s, embeds in kinds.items() if not embeds}
         self._recent: dict[str, deque[int]] = {}
@@ -64,8 +72,8 @@ class InteractiveLane:
     def read(self, block: bool) -> list[tuple[bytes, list[Entry]]]:
         """New entries. Generation streams only as many as the engines have free slots, so no prompt
         waits in this worker while a peer is idle."""
-        cap, r, me = self.settings.batch_max, self.redis, self.worker.worker_id
-        gen_slots = min((self.worker.pipelines[self.stream_models[s]].free_slots for s in self.gen_streams),
+        cap, r, me = self.settings.batch_max, self.redis, self.worker_id
+        gen_slots = min((self.pipelines[self.stream_models[s]].free_slots for s in self.gen_streams),
                         default=0)
         streams = {**self.embed_streams, **(self.gen_streams if gen_slots else {})}
         if not streams:
@@ -73,7 +81,7 @@ class InteractiveLane:
         if self.recovering:
             own = [(s, e) for s, e in r.xreadgroup(GROUP, me, dict.fromkeys(streams, "0"), count=cap) or [] if e]
             if own:
-                self.worker.counters["redelivered_own"] += sum(len(e) for _, e in own)
+                self.stats.add("redelivered_own", sum(len(e) for _, e in own))
                 return own
             self.recovering = False
         if not block:
@@ -103,7 +111,7 @@ class InteractiveLane:
         window = self.settings.batch_window_ms / 1000
         end = time.monotonic() + window
         while window > 0 and 0 < texts < target and time.monotonic() < end:
-            more = self.redis.xreadgroup(GROUP, self.worker.worker_id, {stream: ">"}, count=target - texts)
+            more = self.redis.xreadgroup(GROUP, self.worker_id, {stream: ">"}, count=target - texts)
             if not more:
                 time.sleep(POLL_S)
                 continue
@@ -117,7 +125,6 @@ class InteractiveLane:
     def _decode(self, stream: str, entries: list[Entry]) -> tuple[list[tuple[bytes, Job]], list[bytes]]:
         """Jobs still worth running, and ids to ack without running (late or malformed)."""
         now, jobs, drop = time.time(), [], []
-        counters = self.worker.counters
         for entry_id, fields in entries:
             if not fields:  # deleted while pending (Redis < 7 still hands such entries out)
                 drop.append(entry_id)
@@ -126,14 +133,14 @@ class InteractiveLane:
                 job = Job.model_validate(unpack(fields[b"j"]))
             except Exception as exc:
                 log.error("malformed job %s on %s dead-lettered: %s", entry_id, stream, exc)
-                self.redis.xadd(self.worker.keys.dead(self.stream_models[stream]), {**fields, b"reason": b"malformed"},
+                self.redis.xadd(self.keys.dead(self.stream_models[stream]), {**fields, b"reason": b"malformed"},
                                 maxlen=self.settings.dead_letter_max, approximate=True)
-                counters["malformed"] += 1
+                self.stats.add("malformed")
                 drop.append(entry_id)
                 continue
             if job.deadline < now:
                 # The caller has given up (and may have a cloud answer): running it would be wasted work.
-                counters["dropped_late"] += 1
+                self.stats.add("dropped_late")
                 _log_job(job, logging.INFO, "dropped job %s: deadline passed %.0f ms ago", job.id,
                          (now - job.deadline) * 1000)
                 drop.append(entry_id)
@@ -145,7 +152,7 @@ class InteractiveLane:
 
     def serve(self, stream: str, entries: list[Entry]) -> None:
         model = self.stream_models[stream]
-        pipeline = self.worker.pipelines[model]
+        pipeline = self.pipelines[model]
         if isinstance(pipeline, Embedder):
             jobs, drop = self._decode(stream, entries)
             self._fill(stream, model, jobs, drop)
@@ -156,7 +163,7 @@ class InteractiveLane:
 
     def _base(self, pipeline: Embedder | Generator, job: Job, started: float) -> dict[str, Any]:
         return {"device": device_type(pipeline.device), "node_id": self.settings.node_id,
-                "worker_id": self.worker.worker_id, "queue_ms": max(0.0, (started - job.created) * 1000)}
+                "worker_id": self.worker_id, "queue_ms": max(0.0, (started - job.created) * 1000)}
 
     def _embed(self, pipeline: Embedder, jobs: list[Job]) -> list[tuple[Job, Reply]]:
         replies: list[tuple[Job, Reply]] = []
@@ -177,7 +184,7 @@ class InteractiveLane:
         texts = [t for job, _, _ in accepted for t in job.texts or []]
         started = time.time()
         try:
-            vectors = self.worker.run_embed(pipeline, texts)
+            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats)
         except Exception as exc:
             log.exception("embedding inference failed for %d jobs", len(accepted))
             return replies + [(job, failure_reply(exc)) for job, _, _ in accepted]
@@ -191,7 +198,7 @@ class InteractiveLane:
             replies.append((job, EmbeddingReply(**self._base(pipeline, job, started), vectors=part.tobytes(),
                                                 dim=part.shape[1], token_counts=counts, truncated=truncated,
                                                 inference_ms=inference_ms, batch_size=len(texts))))
-        self.worker.counters["jobs"] += len(accepted)
+        self.stats.add("jobs", len(accepted))
         return replies
 
     def _admit(self, pipeline: Generator, job: Job) -> tuple[Job, Reply]:
@@ -207,8 +214,7 @@ class InteractiveLane:
         except Exception as exc:
             _log_job(job, logging.ERROR, "could not start generation %s", job.id, exc_info=True)
             return job, failure_reply(exc)
-        counters = self.worker.counters
-        counters["peak_generations"] = max(counters["peak_generations"], len(pipeline.active))
+        self.stats.peak("peak_generations", len(pipeline.active))
         return job, StartReply(**self._base(pipeline, job, started))
 
     def _delta(self, job: Job, text: str) -> None:
@@ -219,8 +225,8 @@ class InteractiveLane:
         if isinstance(result, Exception):
             reply = failure_reply(result)
         else:
-            self.worker.counters["jobs"] += 1
-            self.worker.count_model(pipeline.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
+            self.stats.add("jobs")
+            self.stats.count_model(pipeline.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
             reply = DoneReply(**self._base(pipeline, job, started), text=result.text,
                               prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                               finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,
@@ -267,14 +273,14 @@ class InteractiveLane:
         still waiting) gets an error, instead of killing worker after worker. Dead consumers with nothing
         pending are removed from the group, so restarts do not grow it.
         """
-        r, s, me = self.redis, self.settings, self.worker.worker_id
+        r, s, me = self.redis, self.settings, self.worker_id
         pipe = r.pipeline(transaction=False)
         for stream in self.stream_models:
             pipe.xinfo_consumers(stream, GROUP)
         consumers = {stream: [(c["name"].decode(), c["pending"], c["idle"]) for c in info]
                      for stream, info in zip(self.stream_models, pipe.execute(), strict=True)}
         names = sorted({name for found in consumers.values() for name, _, _ in found if name != me})
-        dead = dead_workers(r, self.worker.keys, names)
+        dead = dead_workers(r, self.keys, names)
         did = False
         for stream, found in consumers.items():
             for name, pending, idle in found:
@@ -293,15 +299,16 @@ class InteractiveLane:
                                             idle=s.claim_idle_ms)
         if not pending:
             return False
-        poison = [p["message_id"] for p in pending if p["times_delivered"] >= s.max_deliveries]
-        retry = [p["message_id"] for p in pending if p["times_delivered"] < s.max_deliveries]
+        # Every delivery of an entry pending on a dead consumer was lost with a worker.
+        poison = [p["message_id"] for p in pending if self.deliveries.exhausted(p["times_delivered"])]
+        retry = [p["message_id"] for p in pending if not self.deliveries.exhausted(p["times_delivered"])]
         if poison:
             self._dead_letter(model, stream, poison)
         if retry:
             claimed = self._claim(stream, retry)
             if claimed:
                 log.warning("took over %d job(s) of dead worker %s on %s", len(claimed), consumer, stream)
-                self.worker.counters["reclaimed"] += len(claimed)
+                self.stats.add("reclaimed", len(claimed))
                 self.serve(stream, claimed)
         return True
 
@@ -309,7 +316,7 @@ class InteractiveLane:
         """Claim `ids` for this worker; XCLAIM's min-idle-time makes a race between two peers harmless (the
         loser claims nothing). Entries deleted while pending are claimed too but come back without an id
         (Redis 6.2) or not at all (7): they are acked here, as there is nothing to run."""
-        me = self.worker.worker_id
+        me = self.worker_id
         claimed = self.redis.xclaim(stream, GROUP, me, self.settings.claim_idle_ms, ids)
         entries = [(entry_id, fields) for entry_id, fields in claimed if entry_id is not None and fields]
         if len(entries) < len(claimed):
@@ -326,9 +333,9 @@ class InteractiveLane:
         entries = self._claim(stream, ids)
         replies: list[tuple[Job, Reply]] = []
         for _, fields in entries:
-            self.redis.xadd(self.worker.keys.dead(model), {**fields, b"reason": b"too many deliveries"},
+            self.redis.xadd(self.keys.dead(model), {**fields, b"reason": b"too many deliveries"},
                             maxlen=s.dead_letter_max, approximate=True)
-            self.worker.counters["dead_lettered"] += 1
+            self.stats.add("dead_lettered")
             log.error("dead-lettered a job on %s: its workers died %d times", stream, s.max_deliveries)
             try:
                 job = Job.model_validate(unpack(fields[b"j"]))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import openvino as ov
 import openvino_genai as og
@@ -16,7 +14,7 @@ from .devices import first_that_compiles
 
 
 # One synchronous pipeline per worker process with the LATENCY hint: THROUGHPUT with one synchronous
-# caller ran at half speed here, and a second pipeline in another thread was slower (DESIGN.md s2).
+# caller ran at half speed here, and a second pipeline in another thread was slower (docs/architecture.md).
 def plugin_config(threads: int = 0) -> dict[str, object]:
     """`threads` > 0 caps the CPU threads of one inference (NPU_INFERENCE_THREADS), for several worker
     processes sharing the cores; 0 lets OpenVINO use them all."""
@@ -24,13 +22,6 @@ def plugin_config(threads: int = 0) -> dict[str, object]:
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
-
-
-@dataclass
-class Embedded:
-    vectors: np.ndarray
-    token_counts: list[int]
-    truncated: list[bool]
 
 
 def require_model_dir(spec: ModelSpec) -> None:

@@ -9,14 +9,19 @@ so a poison job cannot take down the fleet one worker at a time. Every live work
 
 Also covered: a job this very process had started but lost track of (Redis failed mid-batch), and a
 job left in RQ's intermediate queue (moved off the queue, never started) for longer than a heartbeat TTL.
+
+RQ's `StartedJobRegistry.cleanup` is not used: it decides by the registry score (job timeout + 60 s)
+and fails the job, where this decides by the worker heartbeat and requeues up to `max_deliveries`
+(`worker.deliveries`). What it does to a job is done with the same public pieces it uses
+(`Queue.enqueue_job`, `record_job_failure`, `execute_failure_callback`, `enqueue_dependents`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
+import redis
 from rq import SimpleWorker
 from rq.callbacks import execute_failure_callback
 from rq.exceptions import AbandonedJobError, NoSuchJobError
@@ -25,26 +30,24 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.queue import Queue
-from rq.utils import as_text, now, parse_composite_key, utcformat
-from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
+from rq.rate_limit import release_slot
+from rq.utils import as_text, now, parse_composite_key
 
-from dispatcher.protocol import MsgpackSerializer
-from dispatcher.settings import DEAD_WORKER_MEMORY_S
+from dispatcher.protocol import Keys, MsgpackSerializer
+from dispatcher.settings import DEAD_WORKER_MEMORY_S, Settings
 
-from .heartbeat import worker_expiries
-
-if TYPE_CHECKING:
-    from .bulk import BulkLane
-    from .main import Worker
+from .bulk import BulkLane
+from .deliveries import DELIVERIES, Deliveries, worker_expiries
+from .stats import Stats
 
 log = logging.getLogger(__name__)
-DELIVERIES = "npu_deliveries"
-"""`job.meta` key: worker names that died while running the job (its failed deliveries)."""
 LOCK_S = 60
 """Life of a reap lock: long enough for its holder to act (milliseconds); once it did, the registry entry
 is gone, and if it died first, a peer acts after this."""
 
-# Move a stranded job from the intermediate queue back to the front of its queue, once.
+# Move a stranded job from the intermediate queue back to the front of its queue, once. Not RQ's API: RQ
+# has no "requeue from the intermediate queue" (its own cleanup fails such a job), and only a script makes
+# the check and the move one step, so two reapers cannot both push the job.
 _UNSTRAND = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('LPUSH', KEYS[2], ARGV[1])
@@ -55,12 +58,10 @@ return 0
 
 
 class BulkReaper:
-    def __init__(self, worker: Worker, lane: BulkLane):
-        self.worker = worker
-        self.lane = lane
-        self.redis = worker.redis
-        self.keys = worker.keys
-        self.settings = worker.settings
+    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, lane: BulkLane, stats: Stats):
+        self.settings, self.redis, self.worker_id, self.lane, self.stats = settings, r, worker_id, lane, stats
+        self.keys = Keys(settings.key_prefix)
+        self.deliveries = Deliveries(settings.max_deliveries)
         self._stranded_since: dict[str, float] = {}
         self._unstrand = self.redis.register_script(_UNSTRAND)
 
@@ -70,6 +71,8 @@ class BulkReaper:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrangebyscore(self.keys.workers, now_s - DEAD_WORKER_MEMORY_S, now_s)
         for queue in queues:
+            # Scores are needed (a plain `rq worker`'s entry is abandoned once its score passed), which
+            # `StartedJobRegistry.get_job_and_execution_ids` leaves out: read the registry's key directly.
             pipe.zrange(queue.started_job_registry.key, 0, -1, withscores=True)
             pipe.lrange(queue.intermediate_queue_key, 0, -1)
         dead, *found = pipe.execute()
@@ -78,7 +81,7 @@ class BulkReaper:
         stranded = {q.name: [as_text(j) for j in found[2 * i + 1]] for i, q in enumerate(queues)}
         done = self._reap_started(queues, started) if any(started.values()) else 0
         done += self._reap_stranded(queues, started, stranded)
-        self._bury(queues, [as_text(d) for d in dead])
+        self._bury([as_text(d) for d in dead])
         return done
 
     # --- jobs started by a worker that is gone
@@ -90,7 +93,7 @@ class BulkReaper:
             pipe.hget(RQJob.key_for(job_id), "worker_name")
         names = [as_text(n) if n else "" for n in pipe.execute()]
         expiries = worker_expiries(self.redis, self.keys, sorted({n for n in names if n}))
-        me, now_s, done = self.worker.worker_id, time.time(), 0
+        me, now_s, done = self.worker_id, time.time(), 0
         for (queue, job_id, execution_id, score), name in zip(entries, names, strict=True):
             if name == me:
                 orphaned = job_id not in self.lane.inflight
@@ -104,45 +107,55 @@ class BulkReaper:
 
     def _reap(self, queue: Queue, job_id: str, execution_id: str, worker_name: str) -> bool:
         composite = f"{job_id}:{execution_id}"
-        if not self.redis.set(self.keys.reap_lock(composite), self.worker.worker_id, nx=True, ex=LOCK_S):
+        if not self.redis.set(self.keys.reap_lock(composite), self.worker_id, nx=True, ex=LOCK_S):
             return False  # a peer is on it (or did it)
         execution = Execution(execution_id, job_id, self.redis, worker_name)
         try:
             job = RQJob.fetch(job_id, connection=self.redis, serializer=MsgpackSerializer)
         except NoSuchJobError:
-            self.redis.zrem(queue.started_job_registry.key, composite)
+            queue.started_job_registry.remove_execution(execution)
             return False
         if job.get_status(refresh=False) != JobStatus.STARTED:  # finished meanwhile: a leftover entry
-            self.redis.zrem(queue.started_job_registry.key, composite)
+            queue.started_job_registry.remove_execution(execution)
             return False
-        if worker_name == self.worker.worker_id:
+        if worker_name == self.worker_id:
             self.lane.rq.executions.pop(execution_id, None)
         lost = [*job.meta.get(DELIVERIES, []), worker_name or "unknown"]
         job.meta[DELIVERIES] = lost
-        give_up = len(lost) >= self.settings.max_deliveries
+        give_up = self.deliveries.exhausted(len(lost))
         reason = (f"AbandonedJobError: {len(lost)} worker(s) died while running this job ({', '.join(lost)}); "
                   f"failed after {self.settings.max_deliveries} deliveries by the npu-worker reaper")
-        with self.redis.pipeline() as pipe:  # MULTI: requeued (or failed) and out of the registry at once
-            execution.delete(job, pipe)
-            pipe.lrem(queue.intermediate_queue_key, 0, job_id)
-            if give_up:
-                job.ended_at = now()
-                record_job_failure(job, reason, pipe)
-            else:
-                job.started_at = None
-                queue._enqueue_job(job, pipeline=pipe, at_front=True)  # what rq's own retry path calls
-            pipe.execute()
-        self.worker.counters["bulk_failed_abandoned" if give_up else "bulk_requeued"] += 1
+        if give_up:
+            job.ended_at = now()
+        else:
+            job.started_at = None
+            if job.has_rate_limit:
+                # RQ takes no pipeline for a rate-limited job: it is queued first, so a failure before the
+                # MULTI below leaves a queued job whose registry entry the next pass drops as a leftover.
+                queue.enqueue_job(job, at_front=True)
+        try:
+            with self.redis.pipeline() as pipe:  # MULTI: requeued (or failed) and out of the registry at once
+                if give_up:
+                    record_job_failure(job, reason, pipe)
+                elif not job.has_rate_limit:
+                    queue.enqueue_job(job, pipeline=pipe, at_front=True)  # first: it starts the MULTI
+                execution.delete(job, pipe)
+                pipe.lrem(queue.intermediate_queue_key, 0, job_id)
+                pipe.execute()
+        except redis.WatchError:  # the job's dependencies changed meanwhile (enqueue_job watches them)
+            self.redis.delete(self.keys.reap_lock(composite))  # nothing was done: the next pass tries again
+            return False
+        self.stats.add("bulk_failed_abandoned" if give_up else "bulk_requeued")
         if give_up:
             log.error("bulk job %s failed: %s", job_id, reason)
-            self._after_failure(queue, job)
+            self._after_failure(queue, job, reason)
         else:
             log.warning("requeued bulk job %s of dead worker %s (delivery %d of %d)", job_id, worker_name,
                         len(lost), self.settings.max_deliveries)
         return True
 
-    def _after_failure(self, queue: Queue, job: RQJob) -> None:
-        """What RQ does for a failed job besides the registry: its failure callback and dependents."""
+    def _after_failure(self, queue: Queue, job: RQJob, reason: str) -> None:
+        """What RQ's started-registry cleanup does for an abandoned job besides recording the failure."""
         try:
             execute_failure_callback(job, self.lane.rq.death_penalty_class, AbandonedJobError, AbandonedJobError(),
                                      None)
@@ -152,22 +165,21 @@ class BulkReaper:
             queue.enqueue_dependents(job)
         except Exception:
             log.exception("could not enqueue the dependents of bulk job %s", job.id)
+        job.send_webhooks(JobStatus.FAILED, exc_string=reason)
+        release_slot(job)
 
-    def _bury(self, queues: list[Queue], dead: list[str]) -> None:
+    def _bury(self, dead: list[str]) -> None:
         """Mark dead workers dead for RQ too, so `rq info` stops listing them (they never said goodbye)."""
-        keys = [SimpleWorker.redis_worker_namespace_prefix + name for name in dead]
-        listed = [k for k, member in zip(keys, self.redis.smismember(REDIS_WORKER_KEYS, keys) if keys else [],
-                                         strict=True) if member]
-        if not listed:
+        if not dead:
             return
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.srem(REDIS_WORKER_KEYS, *listed)
-            for queue in queues:
-                pipe.srem(WORKERS_BY_QUEUE_KEY % queue.name, *listed)
-            for key in listed:
-                pipe.hset(key, "death", utcformat(now()))
-                pipe.expire(key, 60)
-            pipe.execute()
+        listed = SimpleWorker.all_keys(connection=self.redis)
+        for name in dead:
+            key = SimpleWorker.redis_worker_namespace_prefix + name
+            if key not in listed:
+                continue
+            rq_worker = SimpleWorker.find_by_key(key, connection=self.redis, serializer=MsgpackSerializer)
+            if rq_worker is not None:
+                rq_worker.register_death()
 
     # --- jobs moved off a queue but never started
 
@@ -186,7 +198,7 @@ class BulkReaper:
                 if mono - since >= self.settings.heartbeat_ttl_s and self._unstrand(
                         keys=[queue.intermediate_queue_key, queue.key], args=[job_id]):
                     log.warning("requeued bulk job %s stranded in %s's intermediate queue", job_id, queue.name)
-                    self.worker.counters["bulk_unstranded"] += 1
+                    self.stats.add("bulk_unstranded")
                     done += 1
         self._stranded_since = {j: t for j, t in self._stranded_since.items() if j in seen}
         return done

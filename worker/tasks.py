@@ -14,7 +14,7 @@ import numpy as np
 
 from dispatcher.models import Registry
 from dispatcher.protocol import Prompt
-from dispatcher.settings import get_settings
+from dispatcher.settings import Settings, get_settings
 
 from .devices import device_type, parse_chain
 from .generation import Generated, Generator
@@ -34,11 +34,18 @@ def generate_result(pipeline: Generator, result: Generated, node_id: str) -> dic
             "device": device_type(pipeline.device), "node_id": node_id, "source": "npu"}
 
 
+def default_max_tokens(s: Settings) -> int:
+    """max_tokens of a generation job that does not say: the dispatcher's default, so both lanes agree."""
+    return min(s.default_new_tokens, s.max_new_tokens)
+
+
 @cache
 def _pipeline(model: str) -> Embedder | Generator:
-    settings = get_settings()
-    spec, chain = Registry.load(settings).get(model), parse_chain(settings.devices)
-    return Embedder(spec, chain) if spec.task == "embedding" else Generator(spec, chain)
+    s = get_settings()
+    spec, chain = Registry.load(s).get(model), parse_chain(s.devices)
+    if spec.task == "embedding":
+        return Embedder(spec, chain, s.inference_threads)
+    return Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s))
 
 
 def embed(texts: list[str], model: str, truncate: bool = False) -> dict[str, Any]:

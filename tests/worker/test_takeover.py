@@ -19,7 +19,7 @@ from dispatcher.protocol import GROUP, Job, Keys, MsgpackSerializer, Reply, pack
 from dispatcher.settings import Settings
 from npu_worker.redis_server import EmbeddedRedis
 from tests.conftest import WorkerProcess
-from worker.reaper import DELIVERIES
+from worker.deliveries import DELIVERIES
 
 MODEL = "all-minilm-l6-v2"
 

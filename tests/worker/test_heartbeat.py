@@ -1,0 +1,134 @@
+"""The heartbeat against a worker whose models an operator keeps changing, in-process on the real Redis.
+
+The worker runs its own loop in a thread, the operator's wish goes through the node record (the path
+the fleet API takes), and the heartbeat thread beats every few milliseconds while models are loaded and
+unloaded. Thread switches are forced every few microseconds, so a heartbeat that iterated the loop's
+live model dict or counters would meet them changing size mid-iteration (and lose that beat).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import worker.main
+from dispatcher.models import Registry
+from dispatcher.nodes import Node
+from dispatcher.protocol import Heartbeat, Keys, MsgpackSerializer, unpack
+from dispatcher.settings import Settings
+from worker.heartbeat import queue_depths
+from worker.main import Worker
+from worker.pipelines import Embedder
+from worker.routes import Routes
+
+MODEL = "all-minilm-l6-v2"
+
+
+class SlowToRead(Embedder):
+    """Constructing one hands out the one `reused` pipeline; its `device` takes half a millisecond to read."""
+
+    reused: SlowToRead
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SlowToRead:  # type: ignore[misc]
+        return cls.reused
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Already compiled."""
+
+    @property  # type: ignore[override]
+    def device(self) -> str:
+        time.sleep(0.0005)
+        return self.__dict__["device"]
+
+
+@pytest.fixture
+def fast_switching() -> Any:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_no_beat_is_lost_while_an_operator_loads_and_unloads_models(
+        isolated: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        fast_switching: Any) -> None:
+    s = isolated.model_copy(update={"heartbeat_interval_s": 0.002, "bulk_poll_ms": 10, "devices": "CPU"})
+    r, keys = s.redis(), Keys(s.key_prefix)
+    # A real pipeline compiled once and handed out at every load: a load then costs microseconds, so the
+    # loop changes its models dozens of times while the heartbeat runs. Reading its device takes a while
+    # (as any slow reader would), so a heartbeat iterating the loop's live model dict is still at it when
+    # the loop changes it.
+    reused = object.__new__(SlowToRead)
+    reused.__dict__.update(Embedder(Registry.load(s).get(MODEL), ["CPU"]).__dict__)
+    monkeypatch.setattr(SlowToRead, "reused", reused, raising=False)
+    monkeypatch.setattr(worker.main, "Embedder", SlowToRead)
+    w = Worker(s, models=[MODEL])
+    loop = threading.Thread(target=w.run, name="worker-loop")
+    caplog.set_level(logging.INFO, logger="worker")
+    loop.start()
+    seen: list[Heartbeat] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not r.exists(keys.worker(w.worker_id)) and time.monotonic() < deadline and loop.is_alive():
+            time.sleep(0.01)
+        started, wishes = time.monotonic(), 0
+        while time.monotonic() - started < 3:
+            wanted = [MODEL] if wishes % 2 else []
+            r.set(keys.node(s.node_id), Node(id=s.node_id, name=s.node_id, models=wanted).model_dump_json())
+            wishes += 1
+            time.sleep(0.015)
+            raw = r.get(keys.worker(w.worker_id))
+            if raw:
+                seen.append(Heartbeat.model_validate(unpack(raw)))
+        elapsed = time.monotonic() - started
+    finally:
+        w.request_stop()
+        loop.join(timeout=30)
+    assert not loop.is_alive()
+
+    failures = [rec for rec in caplog.records if rec.name == "worker.heartbeat" and rec.levelno >= logging.WARNING]
+    assert failures == [], [rec.getMessage() for rec in failures]
+    assert w.stats["heartbeat_failed"] == 0
+    # The loop really did change models under the heartbeat, many times.
+    loads = sum(rec.getMessage().startswith("loaded ") for rec in caplog.records if rec.name == "worker.main")
+    unloads = sum(rec.getMessage() == f"unloaded {MODEL}" for rec in caplog.records if rec.name == "worker.main")
+    assert loads >= 20 and unloads >= 20, (loads, unloads)
+    # Beats kept their pace: one per interval (plus one per model change), none skipped by a failure.
+    assert w.heartbeat.beats >= 0.5 * elapsed / s.heartbeat_interval_s, (w.heartbeat.beats, elapsed)
+    # Every published beat is one consistent view: the same models everywhere in it.
+    assert len(seen) > 50
+    for beat in seen:
+        assert set(beat.models) == set(beat.devices) == set(beat.queue_depths)
+        assert set(beat.models) in ({MODEL}, set())
+
+
+def test_queue_depths_sum_every_stream_and_queue_of_a_model(isolated: Settings) -> None:
+    """Any number of streams and queues per model, not a fixed two of each."""
+    from rq import Queue
+
+    r, keys = isolated.redis(), Keys(isolated.key_prefix)
+
+    class ThreeEach(Routes):
+        def streams(self, model: str) -> list[str]:
+            return [keys.stream(model, "a"), keys.stream(model, "b"), keys.stream(model)]
+
+        def queues(self, model: str) -> list[str]:
+            return [keys.queue(model, "a"), keys.queue(model, "b"), keys.queue(model)]
+
+    routes = ThreeEach(keys, "a")
+    for i, stream in enumerate(routes.streams("m1")):
+        for _ in range(i + 1):
+            r.xadd(stream, {"j": b"x"})
+    r.xadd(routes.streams("m2")[2], {"j": b"x"})
+    for i, name in enumerate(routes.queues("m2")):
+        queue = Queue(name, connection=r, serializer=MsgpackSerializer)
+        for _ in range(i + 2):
+            queue.enqueue("tests.jobs.exit_first_time", args=["unused"])
+    assert queue_depths(r, routes, ["m1", "m2"]) == {"m1": {"interactive": 6, "bulk": 0},
+                                                    "m2": {"interactive": 1, "bulk": 9}}
+    assert queue_depths(r, routes, []) == {}
