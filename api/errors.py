@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
-from dispatcher.errors import NPUError, UnauthorizedError
+from dispatcher.errors import ErrorCode, NPUError, UnauthorizedError
 
 from .auth import authenticate
 from .metrics import REQUESTS
@@ -53,14 +53,14 @@ def install(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
-        return error_response(request, 422, "invalid_request", message, detail=detail)
+        return error_response(request, 422, ErrorCode.INVALID_REQUEST, message, detail=detail)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         """Starlette's own refusals in our error shape. A body that cannot even be decoded (FastAPI's 400)
         is malformed input like bad JSON: 422 `invalid_request`, as documented."""
         if exc.status_code == 400:
-            return error_response(request, 422, "invalid_request", f"malformed body: {exc.detail}")
+            return error_response(request, 422, ErrorCode.INVALID_REQUEST, f"malformed body: {exc.detail}")
         try:
             code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         except ValueError:
@@ -71,5 +71,5 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RedisTimeoutError)
     async def redis_down(request: Request, exc: Exception) -> Response:
         log.warning("redis unavailable: %s", exc)
-        return error_response(request, 503, "redis_unavailable", "the job store is unreachable; retry",
+        return error_response(request, 503, ErrorCode.REDIS_UNAVAILABLE, "the job store is unreachable; retry",
                               headers={"Retry-After": "2"})

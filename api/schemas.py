@@ -17,6 +17,11 @@ def _json_integer(value: Any) -> Any:
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
+Deadline = Annotated[float | None, Field(
+    None, ge=0.5, le=3600, description="This request's time budget in seconds (default NPU_DEADLINE_S): the wait "
+    "for a worker (for a generation: until it starts), a retry and the cloud fallback all fit in it.")]
+
+
 class Timings(BaseModel):
     total_ms: float
     queue_ms: float | None = None
@@ -37,6 +42,7 @@ class EmbeddingsRequest(BaseModel):
     truncate: bool = Field(False, description="Cut inputs longer than the model's token limit instead of "
                            "refusing them; `truncated` says which were cut.")
     allow_cloud: bool = Field(True, description="False keeps the data on premises: no cloud fallback.")
+    deadline_s: Deadline = None
 
 
 class EmbeddingsResponse(BaseModel):
@@ -60,6 +66,7 @@ class InferenceRequest(BaseModel):
     max_tokens: JsonInt | None = Field(None, description="Most new tokens (default 256, limit NPU_MAX_NEW_TOKENS).")
     temperature: float | None = Field(None, description="Below 0.01 or absent: greedy; up to 2.")
     allow_cloud: bool = True
+    deadline_s: Deadline = None
     stream: bool = Field(False, description="Answer as server-sent events: `{\"delta\": ...}` as text is "
                          "generated, then `{\"done\": true, ...}` with the whole response.")
 

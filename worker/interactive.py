@@ -34,6 +34,7 @@ from dispatcher.protocol import (
 from dispatcher.settings import Settings
 
 from . import inference
+from .clock import RedisClock, entry_ms
 from .deliveries import Deliveries, dead_workers
 from .devices import device_type
 from .generation import Generated, Generator
@@ -49,8 +50,9 @@ POLL_S = 0.0005
 
 
 class InteractiveLane:
-    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats):
-        self.settings, self.redis, self.worker_id, self.stats = settings, r, worker_id, stats
+    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats,
+                 clock: RedisClock):
+        self.settings, self.redis, self.worker_id, self.stats, self.clock = settings, r, worker_id, stats, clock
         self.keys = Keys(settings.key_prefix)
         self.deliveries = Deliveries(settings.max_deliveries)
         self.pipelines = served.pipelines
@@ -125,6 +127,7 @@ class InteractiveLane:
     def _decode(self, stream: str, entries: list[Entry]) -> tuple[list[tuple[bytes, Job]], list[bytes]]:
         """Jobs still worth running, and ids to ack without running (late or malformed)."""
         now, jobs, drop = time.time(), [], []
+        redis_now: float | None = None
         for entry_id, fields in entries:
             if not fields:  # deleted while pending (Redis < 7 still hands such entries out)
                 drop.append(entry_id)
@@ -138,11 +141,16 @@ class InteractiveLane:
                 self.stats.add("malformed")
                 drop.append(entry_id)
                 continue
-            if job.deadline < now:
+            if job.budget_ms is not None:  # on Redis's clock (see worker/clock.py)
+                redis_now = self.clock.now_ms() if redis_now is None else redis_now
+                late_ms = redis_now - entry_ms(entry_id) - job.budget_ms
+            else:  # a caller of the previous release: its wall clock
+                late_ms = (now - job.deadline) * 1000
+            if late_ms > 0:
                 # The caller has given up (and may have a cloud answer): running it would be wasted work.
                 self.stats.add("dropped_late")
-                _log_job(job, logging.INFO, "dropped job %s: deadline passed %.0f ms ago", job.id,
-                         (now - job.deadline) * 1000)
+                _log_job(job, logging.INFO, "dropped job %s: its caller stopped waiting %.0f ms ago", job.id,
+                         late_ms)
                 drop.append(entry_id)
                 continue
             jobs.append((entry_id, job))

@@ -33,6 +33,7 @@ from dispatcher.settings import Settings
 
 from . import inference
 from .bulk import BulkLane
+from .clock import RedisClock
 from .devices import parse_chain
 from .generation import Generator
 from .heartbeat import HeartbeatThread
@@ -73,6 +74,7 @@ class Worker:
         self.model_names = [self.registry.get(m).name for m in (models or settings.models or self.registry.names)]
         self.worker_id = f"{settings.node_id}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.redis = settings.redis()
+        self.clock = RedisClock(self.redis)
         self.served = Served()
         self.stats = Stats()
         self.stopping = threading.Event()
@@ -125,7 +127,7 @@ class Worker:
         """Lanes for the models loaded now; the bulk lane's RQ worker lists exactly their queues."""
         s, r, me = self.settings, self.redis, self.worker_id
         old_interactive, old_bulk = self.interactive, self.bulk
-        self.interactive = InteractiveLane(s, r, me, self.served, self.stats)
+        self.interactive = InteractiveLane(s, r, me, self.served, self.stats, self.clock)
         if old_interactive:
             # Generations the old lane admitted report through its outbox: the new lane flushes the same one.
             self.interactive.outbox = old_interactive.outbox
@@ -140,7 +142,8 @@ class Worker:
     def run(self) -> None:
         if not self.served:
             self.load_models()
-        self.interactive = InteractiveLane(self.settings, self.redis, self.worker_id, self.served, self.stats)
+        self.interactive = InteractiveLane(self.settings, self.redis, self.worker_id, self.served, self.stats,
+                                           self.clock)
         if not self._start_lanes():
             return
         assert self.bulk is not None

@@ -14,6 +14,7 @@ import numpy as np
 
 from dispatcher.models import Registry
 from dispatcher.protocol import Prompt
+from dispatcher.results import EmbedResult, GenerateResult
 from dispatcher.settings import Settings, get_settings
 
 from .devices import device_type, parse_chain
@@ -23,15 +24,17 @@ from .pipelines import Embedder
 
 def embed_result(pipeline: Embedder, vectors: np.ndarray, counts: list[int], truncated: list[bool],
                  node_id: str) -> dict[str, Any]:
-    return {"embeddings": vectors.tolist(), "model": pipeline.spec.name, "dim": int(vectors.shape[1]),
-            "token_counts": counts, "truncated": truncated, "device": device_type(pipeline.device),
-            "node_id": node_id, "source": "npu"}
+    """The body `/embeddings` answers with (`EmbedResult.to_body`), vectors as lists for msgpack."""
+    return EmbedResult(vectors, pipeline.spec.name, "npu", device_type(pipeline.device), node_id, counts,
+                       truncated).to_body(lists=True)
 
 
 def generate_result(pipeline: Generator, result: Generated, node_id: str) -> dict[str, Any]:
-    return {"text": result.text, "model": pipeline.spec.name, "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason,
-            "device": device_type(pipeline.device), "node_id": node_id, "source": "npu"}
+    """The body `/inference` answers with (`GenerateResult.to_body`)."""
+    return GenerateResult(result.text, pipeline.spec.name, "npu", device_type(pipeline.device), node_id,
+                          result.prompt_tokens, result.completion_tokens,
+                          {"inference_ms": round(result.duration_ms, 3), "ttft_ms": round(result.ttft_ms, 3)},
+                          finish_reason=result.finish_reason).to_body()
 
 
 def default_max_tokens(s: Settings) -> int:

@@ -22,16 +22,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
 async def embeddings(body: EmbeddingsRequest, dispatcher: Dispatcher) -> Any:
     started = time.perf_counter()
-    result = await dispatcher.embed(body.texts, body.model, allow_cloud=body.allow_cloud, truncate=body.truncate)
+    result = await dispatcher.embed(body.texts, body.model, deadline_s=body.deadline_s,
+                                    allow_cloud=body.allow_cloud, truncate=body.truncate)
     metrics.observe("/embeddings", result.model, result.source, time.perf_counter() - started, result.timings,
                     result.fallback_reason)
-    tokens = sum(result.token_counts) if result.token_counts else None
     # A Response, so FastAPI skips re-validating 384 floats per text against the schema (that cost more
     # than the inference of a short text); orjson writes the numpy array directly.
-    return ORJSONResponse({
-        "embeddings": result.vectors, "model": result.model, "dim": int(result.vectors.shape[1]),
-        "source": result.source, "device": result.device, "node_id": result.node_id,
-        "token_counts": result.token_counts, "truncated": result.truncated,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        "fallback_reason": result.fallback_reason, "timings": result.timings,
-    })
+    return ORJSONResponse(result.to_body())

@@ -11,27 +11,18 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
-from dispatcher.client import GenerateResult, StreamChunk
-from dispatcher.errors import NPUError
+from dispatcher.errors import ErrorCode, NPUError
+from dispatcher.results import StreamChunk
 
 from .. import metrics
 from ..auth import RESPONSES, require_inference
 from ..deps import Dispatcher
-from ..schemas import InferenceRequest, InferenceResponse, Timings, Usage
+from ..responses import ORJSONResponse
+from ..schemas import InferenceRequest, InferenceResponse
 from .embeddings import ERRORS
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_inference)],
                    responses=RESPONSES)
-
-
-def _response(result: GenerateResult) -> InferenceResponse:
-    total = (result.prompt_tokens or 0) + (result.completion_tokens or 0) or None
-    return InferenceResponse(
-        text=result.text, model=result.model, source=result.source, device=result.device, node_id=result.node_id,
-        usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                    total_tokens=total),
-        finish_reason=result.finish_reason, fallback_reason=result.fallback_reason,
-        timings=Timings(**result.timings))
 
 
 async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started: float) -> AsyncIterator[bytes]:
@@ -44,14 +35,14 @@ async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started:
                 r = chunk.result
                 metrics.observe("/inference", r.model, r.source, time.perf_counter() - started, r.timings,
                                 r.fallback_reason)
-                yield b"data: " + orjson.dumps({"done": True, **_response(r).model_dump()}) + b"\n\n"
+                yield b"data: " + orjson.dumps({"done": True, **r.to_body()}) + b"\n\n"
             elif chunk.delta:
                 yield b"data: " + orjson.dumps({"delta": chunk.delta}) + b"\n\n"
             chunk = await anext(rest, None)
     except NPUError as exc:
         yield b"data: " + orjson.dumps({"done": True, "status": exc.status, **exc.to_dict()}) + b"\n\n"
     except RedisError:
-        yield b"data: " + orjson.dumps({"done": True, "status": 503, "error": "redis_unavailable",
+        yield b"data: " + orjson.dumps({"done": True, "status": 503, "error": ErrorCode.REDIS_UNAVAILABLE,
                                         "message": "the job store became unreachable"}) + b"\n\n"
 
 
@@ -60,7 +51,7 @@ async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started:
 async def inference(body: InferenceRequest, dispatcher: Dispatcher) -> Any:
     started = time.perf_counter()
     chunks = dispatcher.stream(body.prompt, body.model, max_tokens=body.max_tokens, temperature=body.temperature,
-                               allow_cloud=body.allow_cloud, deltas=body.stream)
+                               deadline_s=body.deadline_s, allow_cloud=body.allow_cloud, deltas=body.stream)
     # The first chunk is awaited here, so a refused request is a plain JSON error with its status code.
     first = await anext(chunks)
     if not body.stream:
@@ -69,6 +60,6 @@ async def inference(body: InferenceRequest, dispatcher: Dispatcher) -> Any:
         assert first.result is not None
         r = first.result
         metrics.observe("/inference", r.model, r.source, time.perf_counter() - started, r.timings, r.fallback_reason)
-        return _response(r)
+        return ORJSONResponse(r.to_body())
     return StreamingResponse(_events(first, chunks, started), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

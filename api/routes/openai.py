@@ -17,15 +17,15 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from dispatcher.client import StreamChunk
 from dispatcher.errors import InvalidInputError
 from dispatcher.limits import Role
+from dispatcher.results import StreamChunk
 
 from .. import metrics
 from ..auth import RESPONSES, require_inference, require_read
 from ..deps import Dispatcher
 from ..responses import ORJSONResponse
-from ..schemas import OpenAIErrorResponse
+from ..schemas import Deadline, OpenAIErrorResponse
 
 # The openai client sends `Authorization: Bearer <api_key>`: an operator token (or a signed service call).
 router = APIRouter(prefix="/v1", tags=["openai"], responses=RESPONSES)
@@ -38,6 +38,7 @@ class EmbeddingRequest(BaseModel):
     model: str
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, description="Must equal the model's dimension if given.")
+    deadline_s: Deadline = None
 
 
 class ChatMessage(BaseModel):
@@ -53,6 +54,7 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
+    deadline_s: Deadline = Field(None, description="Ours (the openai client: `extra_body`): see `/inference`.")
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
 
@@ -61,7 +63,7 @@ class ChatRequest(BaseModel):
 async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
     texts = [body.input] if isinstance(body.input, str) else body.input
     started = time.perf_counter()
-    result = await dispatcher.embed(texts, body.model)
+    result = await dispatcher.embed(texts, body.model, deadline_s=body.deadline_s)
     metrics.observe("/v1/embeddings", result.model, result.source, time.perf_counter() - started, result.timings,
                     result.fallback_reason)
     dim = int(result.vectors.shape[1])
@@ -84,8 +86,8 @@ async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
 async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
     messages = [m.model_dump() for m in body.messages]
     started = time.perf_counter()
-    chunks = dispatcher.stream(messages, body.model, max_tokens=body.max_completion_tokens or body.max_tokens,
-                               temperature=body.temperature, deltas=body.stream)
+    chunks = dispatcher.stream(messages, body.model, max_tokens=_max_tokens(body),
+                               temperature=body.temperature, deadline_s=body.deadline_s, deltas=body.stream)
     first = await anext(chunks)  # awaited here: a refused request is a plain JSON error with its status
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if not body.stream:
@@ -142,3 +144,8 @@ def _usage(prompt_tokens: int | None, completion_tokens: int | None) -> dict[str
 async def list_models(dispatcher: Dispatcher) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "npu-worker"}
                                         for name in dispatcher.registry.names]}
+
+
+def _max_tokens(body: ChatRequest) -> int | None:
+    """`max_completion_tokens` (OpenAI's current name) wins over `max_tokens`; a 0 is refused, not ignored."""
+    return body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens

@@ -5,6 +5,8 @@ Every request is signed as a service (seed v1); authentication itself is tested 
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -172,3 +174,23 @@ def test_tiny_temperatures_decode_greedily_and_the_default_length_obeys_the_limi
                                                "temperature": 1e-300})  # 0 in float32: the engine refused it
         assert response.status_code == 200, response.text
         assert response.json()["usage"]["completion_tokens"] <= 3  # no max_tokens: the default, capped
+
+
+def test_a_request_sets_its_own_deadline(isolated: Settings) -> None:
+    """`deadline_s` in the body is the request's whole budget: a stalled worker costs that, not the default."""
+    proc = WorkerProcess(isolated, models=[MODEL])
+    try:
+        proc.wait_live()
+        with signed(TestClient(create_app(isolated.model_copy(update={"deadline_s": 30})))) as c:
+            assert c.post("/embeddings", json={"texts": ["warm"], "model": MODEL}).status_code == 200
+            proc.proc.send_signal(signal.SIGSTOP)
+            started = time.monotonic()
+            response = c.post("/embeddings", json={"texts": ["x"], "model": MODEL, "deadline_s": 0.5,
+                                                   "allow_cloud": False})
+            assert response.status_code == 503 and response.json()["reason"] == "deadline"
+            assert 0.45 <= time.monotonic() - started < 1.5
+            refused = c.post("/inference", json={"prompt": "hi", "deadline_s": 0})
+            assert refused.status_code == 422 and "deadline_s" in refused.json()["message"]
+    finally:
+        proc.proc.send_signal(signal.SIGCONT)
+        proc.stop()

@@ -14,6 +14,7 @@ from rq.job import JobStatus
 
 from dispatcher.models import Registry
 from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, Keys, MsgpackSerializer
+from dispatcher.results import EmbedResult
 from dispatcher.settings import Settings
 from tests.conftest import WorkerProcess
 from worker import generation
@@ -54,8 +55,11 @@ def test_bulk_jobs_get_rq_callbacks_retries_and_statistics(isolated: Settings) -
 
         assert ok.get_status() == JobStatus.FINISHED
         assert r.get(f"{queue.name}:callback:{ok.id}:success") == str(sorted(ok.latest_result().return_value)).encode()
+        # The same shape as the /embeddings body (one result shape per task, both lanes).
         assert sorted(ok.latest_result().return_value) == sorted(
-            ["embeddings", "model", "dim", "token_counts", "truncated", "device", "node_id", "source"])
+            ["embeddings", "model", "dim", "token_counts", "truncated", "device", "node_id", "source", "usage",
+             "fallback_reason", "timings"])
+        assert EmbedResult.from_body(ok.latest_result().return_value).vectors.shape == (2, 384)
         # Failed, retried once by RQ's own Retry, failed again: the failure callback ran for both attempts.
         retried.refresh()
         assert retried.get_status() == JobStatus.FAILED and retried.retries_left == 0
@@ -68,7 +72,7 @@ def test_bulk_jobs_get_rq_callbacks_retries_and_statistics(isolated: Settings) -
         # A job that names no max_tokens gets the configured default (3 here), not a constant of the worker.
         assert untold.get_status() == JobStatus.FINISHED
         value = untold.latest_result().return_value
-        assert value["completion_tokens"] == 3 and value["finish_reason"] == "length"
+        assert value["usage"]["completion_tokens"] == 3 and value["finish_reason"] == "length"
         # RQ's worker statistics moved as with `rq worker` (handle_job_success / handle_job_failure ran).
         rq_worker = SimpleWorker.find_by_key(SimpleWorker.redis_worker_namespace_prefix + beat.worker_id,
                                              connection=r, serializer=MsgpackSerializer)
