@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     models: list[str] = Field(default_factory=list, description="Models this worker serves; empty: all.")
     devices: str = Field("NPU,GPU,CPU", description="Device chain tried in order when compiling a model.")
     inference_threads: int = Field(0, ge=0, description="CPU threads per embedding inference; 0: all cores.")
+    embed_one_pass: bool = Field(True, description="Tokenize each embedding batch once (for the token count and "
+                                 "the inference); false: TextEmbeddingPipeline for everything (as on an NPU).")
     batch_max: int = Field(32, ge=1, le=1024, description="Most texts in one embedding inference.")
     batch_window_ms: float = Field(6.0, ge=0, description="How long a busy worker waits to fill a batch.")
     bulk_poll_ms: int = Field(200, ge=10, description="How often an idle worker looks at the bulk lane.")

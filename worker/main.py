@@ -95,7 +95,7 @@ class Worker:
     def _load(self, name: str) -> None:
         spec, started, s = self.registry.get(name), time.perf_counter(), self.settings
         chain = parse_chain(s.devices)
-        pipeline = (Embedder(spec, chain, s.inference_threads) if spec.task == "embedding"
+        pipeline = (Embedder(spec, chain, s.inference_threads, s.embed_one_pass) if spec.task == "embedding"
                     else Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s)))
         self.served.add(name, pipeline)
         log.info("loaded %s on %s in %.1fs", name, pipeline.device, time.perf_counter() - started)

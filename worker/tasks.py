@@ -47,7 +47,7 @@ def _pipeline(model: str) -> Embedder | Generator:
     s = get_settings()
     spec, chain = Registry.load(s).get(model), parse_chain(s.devices)
     if spec.task == "embedding":
-        return Embedder(spec, chain, s.inference_threads)
+        return Embedder(spec, chain, s.inference_threads, s.embed_one_pass)
     return Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s))
 
 

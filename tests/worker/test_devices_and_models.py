@@ -96,3 +96,20 @@ def test_token_limit_is_enforced_unless_truncation_is_asked(settings: Settings) 
     assert truncated == [False, True] and counts[1] > 256
     vectors = embedder.embed(["short", long_text])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_one_pass_and_pipeline_paths_give_the_same_vectors(settings: Settings) -> None:
+    """Tokenizing once (count + inference) is an optimisation, not another model: same vectors as the
+    TextEmbeddingPipeline path for a batch of mixed lengths, for a batch taken out of a larger counted
+    one (rows reused, padding trimmed), and over-long input still goes through the pipeline, cut."""
+    spec = Registry.load(settings).get("all-minilm-l6-v2")
+    one, pipe = Embedder(spec, ["CPU"], one_pass=True), Embedder(spec, ["CPU"], one_pass=False)
+    assert one.one_pass and not pipe.one_pass
+    texts = ["a", "A man is playing a guitar on the stage tonight.", "short one", "x " * 100]
+    assert np.abs(one.embed(texts) - pipe.embed(texts)).max() < 1e-5
+    one.count_tokens(texts + ["never embedded"])
+    subset = [texts[2], texts[0]]
+    assert np.abs(one.embed(subset) - pipe.embed(subset)).max() < 1e-5
+    long_text = "word " * 400
+    one.count_tokens(["short", long_text])
+    assert np.abs(one.embed(["short", long_text]) - pipe.embed(["short", long_text])).max() < 1e-5
