@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8081
     workers: int = Field(1, ge=0, description="Worker processes `npu-worker up` starts.")
+    api_workers: int = Field(1, ge=1, description="Facade processes serving the port (`up`, `serve`), for a node "
+                             "where one facade process is the limit.")
     log_level: str = "INFO"
     log_json: bool = Field(False, description="One JSON object per log line (with request ids).")
 

@@ -116,16 +116,14 @@ def work(
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [NPU_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [NPU_PORT].")] = None,
+    api_workers: Annotated[int | None, typer.Option(help="Facade processes on the port [NPU_API_WORKERS].")] = None,
 ) -> None:
     """Run the HTTP facade only."""
-    import uvicorn
-
     settings = get_settings()
     _logging(settings)
     host, port = host or settings.host, port or settings.port
     _credentials(settings, host, port)
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port,
-                log_level=settings.log_level.lower(), access_log=False, log_config=None)
+    _run_facade(settings, host, port, api_workers)
 
 
 async def _live_beats(settings: Settings) -> list[Heartbeat]:
@@ -296,10 +294,9 @@ def up(
     host: Annotated[str | None, typer.Option(help="Bind address [NPU_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [NPU_PORT].")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes [NPU_WORKERS].")] = None,
+    api_workers: Annotated[int | None, typer.Option(help="Facade processes on the port [NPU_API_WORKERS].")] = None,
 ) -> None:
     """Start everything: Redis (embedded when REDIS_URL is unset), N workers and the facade."""
-    import uvicorn
-
     from .redis_server import EmbeddedRedis
 
     settings = get_settings()
@@ -327,8 +324,7 @@ def up(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stop)
     try:
-        uvicorn.run("api.app:create_app", factory=True, host=host, port=port,
-                    log_level=settings.log_level.lower(), access_log=False, log_config=None)
+        _run_facade(settings, host, port, api_workers)
     except _Stop:
         pass
     finally:
@@ -336,6 +332,16 @@ def up(
         if embedded:
             embedded.stop()
             (settings.state_dir / "redis.url").unlink(missing_ok=True)
+
+
+def _run_facade(settings: Settings, host: str, port: int, api_workers: int | None) -> None:
+    """uvicorn with its fast loop and parser (uvloop, httptools: `uvicorn[standard]`); with several
+    processes, each builds its own app (and dispatcher) and the kernel spreads connections over them."""
+    import uvicorn
+
+    count = settings.api_workers if api_workers is None else api_workers
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=count if count > 1 else None,
+                loop="auto", http="auto", log_level=settings.log_level.lower(), access_log=False, log_config=None)
 
 
 @app.command()
