@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import openvino_genai as og
 
-from dispatcher.errors import InvalidInputError
+from dispatcher.errors import ErrorCode, InvalidInputError
 from dispatcher.models import ModelSpec
 from dispatcher.protocol import Prompt, as_messages
 from dispatcher.settings import Settings
@@ -86,7 +86,7 @@ class Generator:
         tokens = self._chat(prompt)[1]
         if tokens > self.spec.max_input_tokens:
             raise InvalidInputError(f"prompt has {tokens} tokens; {self.spec.name} takes at most "
-                                    f"{self.spec.max_input_tokens}", code="input_too_long", tokens=tokens,
+                                    f"{self.spec.max_input_tokens}", code=ErrorCode.INPUT_TOO_LONG, tokens=tokens,
                                     limit=self.spec.max_input_tokens)
         return tokens
 
