@@ -36,7 +36,10 @@ def error_response(request: Request, status: int, code: str, message: str, heade
 def install(app: FastAPI) -> None:
     @app.exception_handler(NPUError)
     async def npu_error(request: Request, exc: NPUError) -> Response:
-        return error_response(request, exc.status, exc.code, exc.message, headers=exc.headers or None, **exc.extra)
+        headers = dict(exc.headers)
+        if exc.status == 503:  # no worker, deadline, worker lost: worth retrying soon, like a 429
+            headers.setdefault("Retry-After", str(request.app.state.settings.retry_after_s))
+        return error_response(request, exc.status, exc.code, exc.message, headers=headers or None, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
