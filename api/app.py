@@ -56,8 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.auth = Authenticator(settings)  # here, not in lifespan: missing credentials fail the build
     # Each router declares its own requirement (api/auth.py); liveness and the page's shell are `public`.
-    for module in (liveness, health, models, metrics, schema, embeddings, inference, openai, fleet, whoami, ui):
+    for module in (liveness, health, models, schema, embeddings, inference, openai, fleet, whoami, ui):
         app.include_router(module.router)
+    app.include_router(metrics.router(settings))
     document_limits(app, settings)
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)

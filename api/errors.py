@@ -15,8 +15,8 @@ from starlette.exceptions import HTTPException
 
 from dispatcher.errors import ErrorCode, NPUError, UnauthorizedError
 
+from . import metrics
 from .auth import authenticate
-from .metrics import REQUESTS
 from .responses import ORJSONResponse
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def error_response(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
                    **extra: Any) -> Response:
     route = request.scope.get("route")
-    REQUESTS.labels(getattr(route, "path", "unmatched"), "-", "none", str(status)).inc()
+    metrics.refused(getattr(route, "path", "unmatched"), status)
     if request.url.path.startswith("/v1/"):
         body: dict[str, Any] = {"error": {"message": message, "type": code, "code": code, "param": None, **extra}}
     else:

@@ -21,6 +21,8 @@ from .nodes import NPU_ROLE, LoadBalancing, Node, NodeStore
 from .protocol import Heartbeat, Keys, unpack, utilization
 from .settings import Settings
 
+RQ_QUEUE_PREFIX = "rq:queue:"
+"""What RQ puts before a queue's name to make its list key (`rq.Queue.redis_queue_namespace_prefix`)."""
 DEVICE_ORDER = ["intel-npu", "nvidia-gpu", "amd-gpu", "intel-gpu", "cpu"]
 
 
@@ -117,6 +119,23 @@ class Fleet:
         raws: Any = await self.r.mget([self.keys.worker(i.decode()) for i in ids]) if ids else []
         # A key can expire between the two reads: such a worker is simply no longer live.
         return [Heartbeat.model_validate(unpack(raw)) for raw in raws if raw]
+
+    async def queue_depths(self, beats: list[Heartbeat]) -> dict[str, dict[str, int]]:
+        """Per registered model, jobs waiting in each lane: its shared stream and RQ queue plus those routed
+        to the nodes of `beats`. Read directly (one pipeline), so a model with no live worker, whose
+        backlog is what an operator wants to see, is counted too."""
+        nodes = sorted({b.node_id for b in beats})
+        pipe = self.r.pipeline(transaction=False)
+        slots: list[tuple[str, str]] = []
+        for model in self.registry.names:
+            for node in [None, *nodes]:
+                pipe.xlen(self.keys.stream(model, node))
+                pipe.llen(RQ_QUEUE_PREFIX + self.keys.queue(model, node))
+                slots += [(model, "interactive"), (model, "bulk")]
+        depths = {m: {"interactive": 0, "bulk": 0} for m in self.registry.names}
+        for (model, lane), n in zip(slots, await pipe.execute(), strict=True):
+            depths[model][lane] += int(n)
+        return depths
 
     async def _beats_of(self, node_id: str) -> list[Heartbeat]:
         return [b for b in await self.heartbeats() if b.node_id == node_id]

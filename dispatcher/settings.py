@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=0, description="Worker processes `npu-worker up` starts.")
     log_level: str = "INFO"
     log_json: bool = Field(False, description="One JSON object per log line (with request ids).")
+    metrics_public: bool = Field(False, description="Serve /metrics without credentials (for a scraper on a "
+                                 "private network); otherwise it needs a read token or signature.")
 
     @field_validator("service_keys", mode="before")
     @classmethod

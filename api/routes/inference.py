@@ -33,8 +33,7 @@ async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started:
         while chunk is not None:
             if chunk.done and chunk.result:
                 r = chunk.result
-                metrics.observe("/inference", r.model, r.source, time.perf_counter() - started, r.timings,
-                                r.fallback_reason)
+                metrics.observe("/inference", r, time.perf_counter() - started)
                 yield b"data: " + orjson.dumps({"done": True, **r.to_body()}) + b"\n\n"
             elif chunk.delta:
                 yield b"data: " + orjson.dumps({"delta": chunk.delta}) + b"\n\n"
@@ -59,7 +58,7 @@ async def inference(body: InferenceRequest, dispatcher: Dispatcher) -> Any:
             first = await anext(chunks)
         assert first.result is not None
         r = first.result
-        metrics.observe("/inference", r.model, r.source, time.perf_counter() - started, r.timings, r.fallback_reason)
+        metrics.observe("/inference", r, time.perf_counter() - started)
         return ORJSONResponse(r.to_body())
     return StreamingResponse(_events(first, chunks, started), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

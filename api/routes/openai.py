@@ -64,8 +64,7 @@ async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
     texts = [body.input] if isinstance(body.input, str) else body.input
     started = time.perf_counter()
     result = await dispatcher.embed(texts, body.model, deadline_s=body.deadline_s)
-    metrics.observe("/v1/embeddings", result.model, result.source, time.perf_counter() - started, result.timings,
-                    result.fallback_reason)
+    metrics.observe("/v1/embeddings", result, time.perf_counter() - started)
     dim = int(result.vectors.shape[1])
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidInputError(f"{body.model} returns {dim} dimensions; it cannot return {body.dimensions}")
@@ -95,8 +94,7 @@ async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
             first = await anext(chunks)
         result = first.result
         assert result is not None
-        metrics.observe("/v1/chat/completions", result.model, result.source, time.perf_counter() - started,
-                        result.timings, result.fallback_reason)
+        metrics.observe("/v1/chat/completions", result, time.perf_counter() - started)
         return ORJSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": result.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
@@ -122,8 +120,7 @@ async def _sse(first: StreamChunk, rest: AsyncIterator[StreamChunk], completion_
     while chunk is not None:
         if chunk.done and chunk.result:
             r = chunk.result
-            metrics.observe("/v1/chat/completions", r.model, r.source, time.perf_counter() - started, r.timings,
-                            r.fallback_reason)
+            metrics.observe("/v1/chat/completions", r, time.perf_counter() - started)
             yield event({}, _finish(r.finish_reason), _usage(r.prompt_tokens, r.completion_tokens))
         elif chunk.delta:
             yield event({"content": chunk.delta}, None)
