@@ -50,7 +50,8 @@ async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started:
 async def inference(body: InferenceRequest, dispatcher: Dispatcher) -> Any:
     started = time.perf_counter()
     chunks = dispatcher.stream(body.prompt, body.model, max_tokens=body.max_tokens, temperature=body.temperature,
-                               deadline_s=body.deadline_s, allow_cloud=body.allow_cloud, deltas=body.stream)
+                               deadline_s=body.deadline_s, allow_cloud=body.allow_cloud, deltas=body.stream,
+                               stop=body.stop)
     # The first chunk is awaited here, so a refused request is a plain JSON error with its status code.
     first = await anext(chunks)
     if not body.stream:
