@@ -16,7 +16,7 @@ from dispatcher.settings import Settings, get_settings
 
 from . import errors
 from .auth import Authenticator
-from .middleware import RequestIdMiddleware
+from .middleware import AccessLogMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
 from .routes import embeddings, fleet, health, inference, liveness, metrics, models, openai, schema, ui, whoami
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(metrics.router(settings))
     document_limits(app, settings)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so the access line has the request id
     errors.install(app)
     return app

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from dispatcher.logs import note_access
 from dispatcher.protocol import BATCH_BUCKETS, Heartbeat
 from dispatcher.results import EmbedResult, GenerateResult
 
@@ -57,6 +58,7 @@ AUTH_FAILURES = Counter(
 def observe(route: str, result: EmbedResult | GenerateResult, seconds: float) -> None:
     """An answered inference request."""
     model, source, timings = result.model, result.source, result.timings
+    note_access(model=model, source=source)
     REQUESTS.labels(route, model, source, "200").inc()
     REQUEST_SECONDS.labels(route, model, source).observe(seconds)
     if isinstance(result, EmbedResult):
