@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import redis.asyncio as aredis
@@ -47,6 +48,14 @@ def by_model(beats: list[Heartbeat]) -> dict[str, ModelState]:
             state.interactive_depth = max(state.interactive_depth, depth.get("interactive", 0))
             state.bulk_depth = max(state.bulk_depth, depth.get("bulk", 0))
     return states
+
+
+def iso(ts: float | None) -> str | None:
+    """A time as the seed writes it: ISO 8601 in UTC, to the second (`2026-02-04T10:30:00Z`). Every time in
+    a fleet body is written so; only the utilization history keeps unix seconds (chart data)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def best_device_type(types: set[str] | list[str]) -> str | None:
@@ -155,11 +164,12 @@ class Fleet:
         load = Load.of(beats)
         return {
             "id": node.id, "name": node.name, "address": node.address, "roles": node.roles, "labels": node.labels,
-            "created": node.created, "updated": node.updated, "status": "online" if beats else "offline",
+            "created": iso(node.created), "updated": iso(node.updated), "status": "online" if beats else "offline",
             "workers": load.workers, "deviceType": load.device_type, "loadedModels": load.loaded_models,
             "utilization": load.utilization, "queueDepth": load.queued,
-            "capabilities": node.capabilities, "lastHealthCheck": node.last_health_check,
-            "detection": node.detection.model_dump() if node.detection else None, "models": node.models,
+            "capabilities": node.capabilities, "lastHealthCheck": iso(node.last_health_check),
+            "detection": {**node.detection.model_dump(), "at": iso(node.detection.at)} if node.detection else None,
+            "models": node.models,
         }
 
     async def _saved_view(self, node: Node) -> dict[str, Any]:
@@ -219,7 +229,8 @@ class Fleet:
         return {"node_id": node_id, "capabilities": capabilities,
                 "loadedModels": load.loaded_models if beats else detected.get("loadedModels", []),
                 "queueDepth": load.queued if beats else 0,
-                "lastHealthCheck": max(filter(None, [node.last_health_check, *(b.at for b in beats)]), default=None)}
+                "lastHealthCheck": iso(max(filter(None, [node.last_health_check, *(b.at for b in beats)]),
+                                           default=None))}
 
     async def details(self, node_id: str) -> dict[str, Any]:
         """What the details panel shows: per-model activity, memory, queues, an hour of utilization."""
