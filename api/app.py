@@ -51,8 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="npu-worker", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
                   openapi_url=None, docs_url=None, redoc_url=None,
                   description="Embeddings and generation on local accelerators through OpenVINO workers, "
-                              "with a cloud fallback. Every endpoint but `/livez` (and the operator page's static "
-                              "files) needs a service signature or an operator token.")
+                              "with a cloud fallback. Every endpoint but `/livez`, `/readyz` (and the operator page's "
+                              "static files) needs a service signature or an operator token.")
     app.state.settings = settings
     app.state.auth = Authenticator(settings)  # here, not in lifespan: missing credentials fail the build
     # Each router declares its own requirement (api/auth.py); liveness and the page's shell are `public`.

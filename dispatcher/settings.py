@@ -144,6 +144,12 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
+    @field_validator("node_id", mode="before")
+    @classmethod
+    def _node_id(cls, value: Any) -> Any:
+        """Empty (a compose file's `${NPU_NODE_ID:-}`) means the default, the host name."""
+        return socket.gethostname() if isinstance(value, str) and not value.strip() else value
+
     @field_validator("admin_tokens", "viewer_tokens", mode="before")
     @classmethod
     def _token_list(cls, value: Any) -> Any:

@@ -328,6 +328,23 @@ def status(
 
 
 @app.command()
+def alive(
+    pid: Annotated[int, typer.Option(help="The worker process's id (1: the worker of a container).")] = 1,
+) -> None:
+    """Liveness of one worker (a container healthcheck): exit 0 if the worker with this pid on this node
+    (NPU_NODE_ID) has a live heartbeat in Redis, else 1. A worker beats from a thread of its own even in a
+    long inference, so a missing beat means it is dead, stuck or cut off from Redis."""
+    import asyncio
+
+    settings = get_settings()
+    _check_redis(settings)
+    beats = asyncio.run(_live_beats(settings))
+    if not any(b.pid == pid and b.node_id == settings.node_id for b in beats):
+        raise Failure(f"no live heartbeat from worker pid {pid} on node {settings.node_id!r}")
+    print(f"alive: worker pid {pid} on node {settings.node_id}")
+
+
+@app.command()
 def bench(args: Annotated[list[str] | None, typer.Argument(help="Options for scripts/bench.py.")] = None) -> None:
     """Run the side-by-side benchmark, scripts/bench.py. Source checkout only: the script, its peers and its
     corpus are not installed with the package."""

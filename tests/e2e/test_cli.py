@@ -56,3 +56,9 @@ def test_status_fits_its_terminal(settings: Settings, worker: WorkerProcess, col
     assert max(len(line) for line in out.stdout.splitlines()) <= columns
     if columns == 80:
         assert "worker(s) on cpu" in out.stdout and "queued" in out.stdout
+
+
+def test_alive_finds_a_workers_own_heartbeat(settings: Settings, worker: WorkerProcess) -> None:
+    out = cli(settings, "alive", "--pid", str(worker.proc.pid))
+    assert out.returncode == 0 and "alive" in out.stdout, out.stderr
+    one_line_failure(cli(settings, "alive", "--pid", "1"), 1, "no live heartbeat from worker pid 1")
