@@ -135,7 +135,7 @@ export const NPUDetailsPanel = {
           <td>{{ m.device || "—" }}</td>
           <td>{{ m.inferences }}</td>
           <td>{{ num(m.meanLatencyMs, 1, " ms") }}</td>
-          <td>{{ num(m.throughputPerS, 1, " /s") }}</td>
+          <td data-test="throughput">{{ num(m.throughputPerS, 1, m.task === "generation" ? " tokens/s" : " texts/s") }}</td>
           <td>{{ queue(m.name) }}</td>
           <td class="actions">
             <button v-if="m.loaded" data-test="unload" :disabled="!isAdmin || !!pending[m.name]"

@@ -311,6 +311,7 @@ def test_no_nodes_and_redis_down_are_readable(page: Page, ui_settings: Settings)
 
         sign_in(page, down.url, ADMIN_TOKEN, "/fleet#npu-workers")
         expect(page.locator("[data-test=banner]")).to_contain_text("Redis is unreachable")
+        expect(page.locator("[data-test=updated]")).to_contain_text("not live: Redis unreachable")
         expect(page.locator("[data-test=no-npu-nodes]")).to_contain_text("could not be read")
     finally:
         empty.stop()
