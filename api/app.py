@@ -16,7 +16,7 @@ from dispatcher.settings import Settings, get_settings
 
 from . import errors
 from .auth import Authenticator
-from .middleware import RequestIdMiddleware
+from .middleware import AccessLogMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
 from .routes import embeddings, fleet, health, inference, liveness, metrics, models, openai, schema, ui, whoami
@@ -51,14 +51,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="npu-worker", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
                   openapi_url=None, docs_url=None, redoc_url=None,
                   description="Embeddings and generation on local accelerators through OpenVINO workers, "
-                              "with a cloud fallback. Every endpoint but `/livez` (and the operator page's static "
-                              "files) needs a service signature or an operator token.")
+                              "with a cloud fallback. Every endpoint but `/livez`, `/readyz` (and the operator page's "
+                              "static files) needs a service signature or an operator token.")
     app.state.settings = settings
     app.state.auth = Authenticator(settings)  # here, not in lifespan: missing credentials fail the build
     # Each router declares its own requirement (api/auth.py); liveness and the page's shell are `public`.
-    for module in (liveness, health, models, metrics, schema, embeddings, inference, openai, fleet, whoami, ui):
+    for module in (liveness, health, models, schema, embeddings, inference, openai, fleet, whoami, ui):
         app.include_router(module.router)
+    app.include_router(metrics.router(settings))
     document_limits(app, settings)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so the access line has the request id
     errors.install(app)
     return app

@@ -3,7 +3,8 @@
 No middleware and no list of exempt paths: a route is protected because its router names what it needs
 (`require_read`, `require_inference`, `require_admin`), and a route without one stands out in the route
 table, which the tests walk. A route that is meant to be open says so with `public` instead: `GET /livez`,
-and the operator page's shell (`/fleet`, its static files, the old settings URL's redirect), which hold no
+`GET /readyz` (`/metrics` too with NPU_METRICS_PUBLIC), and the operator page's shell (`/fleet`, its static
+files, the old settings URL's redirect), which hold no
 data and no secret; the page asks for an operator token and reads everything through the protected API.
 
 A caller is a service (valid `X-Service-*` signature) or an operator (`Authorization: Bearer` token).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -15,8 +16,8 @@ from starlette.exceptions import HTTPException
 
 from dispatcher.errors import ErrorCode, NPUError, UnauthorizedError
 
+from . import metrics
 from .auth import authenticate
-from .metrics import REQUESTS
 from .responses import ORJSONResponse
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,63 @@ log = logging.getLogger(__name__)
 def error_response(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
                    **extra: Any) -> Response:
     route = request.scope.get("route")
-    REQUESTS.labels(getattr(route, "path", "unmatched"), "-", "none", str(status)).inc()
+    metrics.refused(getattr(route, "path", "unmatched"), status)
     if request.url.path.startswith("/v1/"):
-        body: dict[str, Any] = {"error": {"message": message, "type": code, "code": code, "param": None, **extra}}
+        # OpenAI answers a request it cannot take with 400 (its clients raise BadRequestError), never 422.
+        status = 400 if status == 422 else status
+        kind = "invalid_request_error" if status == 400 else str(code)
+        body: dict[str, Any] = {"error": {"message": message, "type": kind, "code": code, "param": None, **extra}}
     else:
         body = {"error": code, "message": message, **extra}
     return ORJSONResponse(body, status_code=status, headers=headers)
 
 
+_EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "a boolean",
+             "bool_parsing": "a boolean", "list_type": "an array", "dict_type": "an object",
+             "model_type": "an object", "model_attributes_type": "an object"}
+
+
+def openai_validation(errors: Sequence[Any]) -> tuple[str | None, str]:
+    """The first problem of a `/v1` body as OpenAI words it, with `param` the field's path
+    (`messages[0].content`), rather than pydantic's wording. Union members each report a problem for the
+    same field: the field is what matters."""
+    if not errors:
+        return None, "Invalid request body."
+    first = errors[0]
+    loc = [p for p in first.get("loc", ()) if p != "body"]
+    # pydantic adds a union member's name (`str`, `list[str]`, `function-after[...]`) to the location: not a field
+    loc = [p for p in loc if isinstance(p, int) or ("[" not in p and p not in ("str", "int", "float", "bool"))]
+    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
+    kind, ctx = first.get("type", ""), first.get("ctx") or {}
+    if param is None:
+        return None, "We could not parse the JSON body of your request. Send a JSON object."
+    if kind == "missing":
+        return param, f"Missing required parameter: '{param}'."
+    if kind in _EXPECTED:
+        return param, f"Invalid type for '{param}': expected {_EXPECTED[kind]}."
+    if kind in ("too_short", "string_too_short"):
+        return param, f"Invalid '{param}': too short (at least {ctx.get('min_length', 1)})."
+    if kind in ("too_long", "string_too_long"):
+        return param, f"Invalid '{param}': too long (at most {ctx.get('max_length')})."
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        bound = next((f"{op} {v}" for op, k in ((">=", "ge"), ("<=", "le"), (">", "gt"), ("<", "lt"))
+                      if (v := ctx.get(k)) is not None), "")
+        return param, f"Invalid '{param}': must be {bound}."
+    if kind in ("literal_error", "enum"):
+        return param, f"Invalid value for '{param}': expected one of {ctx.get('expected', '')}."
+    if kind == "value_error":
+        return param, f"Invalid '{param}': {ctx.get('error', 'invalid value')}."
+    return param, f"Invalid value for '{param}'."
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(NPUError)
     async def npu_error(request: Request, exc: NPUError) -> Response:
-        return error_response(request, exc.status, exc.code, exc.message, headers=exc.headers or None, **exc.extra)
+        headers = dict(exc.headers)
+        if exc.status == 503:  # no worker, deadline, worker lost: worth retrying soon, like a 429
+            headers.setdefault("Retry-After", str(request.app.state.settings.retry_after_s))
+        return error_response(request, exc.status, exc.code, exc.message, headers=headers or None, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -49,6 +95,9 @@ def install(app: FastAPI) -> None:
             except UnauthorizedError as refused:
                 return await npu_error(request, refused)
         errors = exc.errors()
+        if request.url.path.startswith("/v1/"):
+            param, message = openai_validation(errors)
+            return error_response(request, 400, ErrorCode.INVALID_REQUEST, message, param=param)
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from typing import Any
 
-from dispatcher.logs import request_id
+from dispatcher.logs import access, request_id
+
+access_log = logging.getLogger("npu.access")
 
 
 class RequestIdMiddleware:
@@ -31,3 +35,50 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
+
+
+class AccessLogMiddleware:
+    """One INFO line per request once its answer is sent: method, route template, status, duration, request
+    id, caller, and for inference the model and source. Never a body, a query string or a credential.
+
+    Inside `RequestIdMiddleware`, so the line carries the request id. The routes fill in model and source
+    (`dispatcher.logs.access`, through `api.metrics.observe`); the caller is the principal auth stored.
+    A refused or unrouted request (401, 404, 429, 503) is logged like any other.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        fields: dict[str, Any] = {}
+        token = access.set(fields)
+        status = 0
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except BaseException:
+            status = status or 500
+            raise
+        finally:
+            access.reset(token)
+            route = scope.get("route")
+            principal = scope.get("state", {}).get("principal")
+            entry = {"method": scope["method"],
+                     "route": getattr(route, "path", None) or f"unmatched:{scope['path'][:120]}",
+                     "status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                     "request_id": request_id.get(),
+                     "caller": f"{principal.role}:{principal.name}" if principal else "-",
+                     "model": fields.get("model"), "source": fields.get("source")}
+            access_log.info("%s %s %s %.1fms rid=%s caller=%s model=%s source=%s", entry["method"], entry["route"],
+                            status, entry["duration_ms"], entry["request_id"], entry["caller"],
+                            entry["model"] or "-", entry["source"] or "-", extra={"access": entry})

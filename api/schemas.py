@@ -67,6 +67,8 @@ class InferenceRequest(BaseModel):
     temperature: float | None = Field(None, description="Below 0.01 or absent: greedy; up to 2.")
     allow_cloud: bool = True
     deadline_s: Deadline = None
+    stop: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, max_length=4, description="Up to 4 strings; the text ends before the first of them.")
     stream: bool = Field(False, description="Answer as server-sent events: `{\"delta\": ...}` as text is "
                          "generated, then `{\"done\": true, ...}` with the whole response.")
 

@@ -124,10 +124,11 @@ class Dispatcher(_Driver):
 
     def stream(self, prompt: Prompt, model: str | None = None, *, max_tokens: int | None = None,
                temperature: float | None = None, deadline_s: float | None = None, allow_cloud: bool = True,
-               deltas: bool = True) -> Iterator[StreamChunk]:
+               deltas: bool = True, stop: list[str] | None = None) -> Iterator[StreamChunk]:
         """Text as it is generated; the last chunk has `done=True` and the whole result (see `Core.stream`)."""
         return self._drive(self.core.stream(prompt, model, max_tokens=max_tokens, temperature=temperature,
-                                            deadline_s=deadline_s, allow_cloud=allow_cloud, deltas=deltas))
+                                            deadline_s=deadline_s, allow_cloud=allow_cloud, deltas=deltas,
+                                            stop=stop))
 
     def generate(self, prompt: Prompt, model: str | None = None, **options: Any) -> GenerateResult:
         """The whole text at once. Options as for `stream`."""
@@ -248,10 +249,11 @@ class AsyncDispatcher(_Driver):
 
     def stream(self, prompt: Prompt, model: str | None = None, *, max_tokens: int | None = None,
                temperature: float | None = None, deadline_s: float | None = None, allow_cloud: bool = True,
-               deltas: bool = True) -> AsyncIterator[StreamChunk]:
+               deltas: bool = True, stop: list[str] | None = None) -> AsyncIterator[StreamChunk]:
         """Text as it is generated; the last chunk has `done=True` and the whole result (see `Core.stream`)."""
         return self._drive(self.core.stream(prompt, model, max_tokens=max_tokens, temperature=temperature,
-                                            deadline_s=deadline_s, allow_cloud=allow_cloud, deltas=deltas))
+                                            deadline_s=deadline_s, allow_cloud=allow_cloud, deltas=deltas,
+                                            stop=stop))
 
     async def generate(self, prompt: Prompt, model: str | None = None, **options: Any) -> GenerateResult:
         async for chunk in self.stream(prompt, model, deltas=False, **options):

@@ -36,12 +36,14 @@ class CloudAPI:
                              timeout_s)
 
     def chat_request(self, spec: ModelSpec, prompt: Prompt, max_tokens: int | None, temperature: float | None,
-                     timeout_s: float) -> httpx.Request:
+                     timeout_s: float, stop: list[str] | None = None) -> httpx.Request:
         body: dict[str, Any] = {"model": spec.cloud_model, "messages": as_messages(prompt)}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         if temperature is not None:
             body["temperature"] = temperature
+        if stop:
+            body["stop"] = stop
         return self._request("/chat/completions", body, timeout_s)
 
     @staticmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import redis.asyncio as aredis
@@ -21,6 +22,8 @@ from .nodes import NPU_ROLE, LoadBalancing, Node, NodeStore
 from .protocol import Heartbeat, Keys, unpack, utilization
 from .settings import Settings
 
+RQ_QUEUE_PREFIX = "rq:queue:"
+"""What RQ puts before a queue's name to make its list key (`rq.Queue.redis_queue_namespace_prefix`)."""
 DEVICE_ORDER = ["intel-npu", "nvidia-gpu", "amd-gpu", "intel-gpu", "cpu"]
 
 
@@ -45,6 +48,14 @@ def by_model(beats: list[Heartbeat]) -> dict[str, ModelState]:
             state.interactive_depth = max(state.interactive_depth, depth.get("interactive", 0))
             state.bulk_depth = max(state.bulk_depth, depth.get("bulk", 0))
     return states
+
+
+def iso(ts: float | None) -> str | None:
+    """A time as the seed writes it: ISO 8601 in UTC, to the second (`2026-02-04T10:30:00Z`). Every time in
+    a fleet body is written so; only the utilization history keeps unix seconds (chart data)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def best_device_type(types: set[str] | list[str]) -> str | None:
@@ -118,6 +129,23 @@ class Fleet:
         # A key can expire between the two reads: such a worker is simply no longer live.
         return [Heartbeat.model_validate(unpack(raw)) for raw in raws if raw]
 
+    async def queue_depths(self, beats: list[Heartbeat]) -> dict[str, dict[str, int]]:
+        """Per registered model, jobs waiting in each lane: its shared stream and RQ queue plus those routed
+        to the nodes of `beats`. Read directly (one pipeline), so a model with no live worker, whose
+        backlog is what an operator wants to see, is counted too."""
+        nodes = sorted({b.node_id for b in beats})
+        pipe = self.r.pipeline(transaction=False)
+        slots: list[tuple[str, str]] = []
+        for model in self.registry.names:
+            for node in [None, *nodes]:
+                pipe.xlen(self.keys.stream(model, node))
+                pipe.llen(RQ_QUEUE_PREFIX + self.keys.queue(model, node))
+                slots += [(model, "interactive"), (model, "bulk")]
+        depths = {m: {"interactive": 0, "bulk": 0} for m in self.registry.names}
+        for (model, lane), n in zip(slots, await pipe.execute(), strict=True):
+            depths[model][lane] += int(n)
+        return depths
+
     async def _beats_of(self, node_id: str) -> list[Heartbeat]:
         return [b for b in await self.heartbeats() if b.node_id == node_id]
 
@@ -136,11 +164,12 @@ class Fleet:
         load = Load.of(beats)
         return {
             "id": node.id, "name": node.name, "address": node.address, "roles": node.roles, "labels": node.labels,
-            "created": node.created, "updated": node.updated, "status": "online" if beats else "offline",
+            "created": iso(node.created), "updated": iso(node.updated), "status": "online" if beats else "offline",
             "workers": load.workers, "deviceType": load.device_type, "loadedModels": load.loaded_models,
             "utilization": load.utilization, "queueDepth": load.queued,
-            "capabilities": node.capabilities, "lastHealthCheck": node.last_health_check,
-            "detection": node.detection.model_dump() if node.detection else None, "models": node.models,
+            "capabilities": node.capabilities, "lastHealthCheck": iso(node.last_health_check),
+            "detection": {**node.detection.model_dump(), "at": iso(node.detection.at)} if node.detection else None,
+            "models": node.models,
         }
 
     async def _saved_view(self, node: Node) -> dict[str, Any]:
@@ -200,7 +229,8 @@ class Fleet:
         return {"node_id": node_id, "capabilities": capabilities,
                 "loadedModels": load.loaded_models if beats else detected.get("loadedModels", []),
                 "queueDepth": load.queued if beats else 0,
-                "lastHealthCheck": max(filter(None, [node.last_health_check, *(b.at for b in beats)]), default=None)}
+                "lastHealthCheck": iso(max(filter(None, [node.last_health_check, *(b.at for b in beats)]),
+                                           default=None))}
 
     async def details(self, node_id: str) -> dict[str, Any]:
         """What the details panel shows: per-model activity, memory, queues, an hour of utilization."""

@@ -243,7 +243,7 @@ class Core:
 
     def stream(self, prompt: Prompt, model: str | None, *, max_tokens: int | None = None,
                temperature: float | None = None, deadline_s: float | None = None, allow_cloud: bool = True,
-               deltas: bool = True) -> Flow:
+               deltas: bool = True, stop: list[str] | None = None) -> Flow:
         """Yields `StreamChunk`s, the last with `done=True` and the whole result.
 
         The budget covers the wait for a worker to start the generation, a retry included; a started
@@ -264,7 +264,7 @@ class Core:
                     reason = reason if reason == "worker_lost" else route
                     break
                 job = self._job(spec, kind="generate", prompt=prompt, max_tokens=max_tokens,
-                                temperature=temperature, stream=deltas)
+                                temperature=temperature, stream=deltas, stop=stop or None)
                 message = yield from self._send(job, node, self._local_wait(budget, cloud))
                 if message is None:
                     reason = "deadline"
@@ -291,7 +291,8 @@ class Core:
             reason = "redis_unavailable"
         if not cloud:
             raise self._no_cloud(spec, reason, allow_cloud)
-        request = self.cloud.chat_request(spec, prompt, max_tokens, temperature, self._cloud_wait(budget, reason))
+        request = self.cloud.chat_request(spec, prompt, max_tokens, temperature, self._cloud_wait(budget, reason),
+                                          stop=stop)
         text, p_tokens, c_tokens = self.cloud.read_text((yield from self._ask_cloud(request)))
         yield StreamChunk(text)
         yield StreamChunk("", True, GenerateResult(text, spec.name, "cloud", None, None, p_tokens, c_tokens,

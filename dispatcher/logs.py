@@ -10,10 +10,20 @@ import contextvars
 import json
 import logging
 import time
+from typing import Any
 
 from .settings import Settings
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+access: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("access", default=None)
+"""The facade's access-log fields of the current request that only the route knows (model, source)."""
+
+
+def note_access(**fields: Any) -> None:
+    """Add to the current request's access-log line (nothing outside a facade request)."""
+    current = access.get()
+    if current is not None:
+        current.update(fields)
 
 
 class _RequestIdFilter(logging.Filter):
@@ -29,6 +39,8 @@ class JSONFormatter(logging.Formatter):
                  "message": record.getMessage()}
         if rid := getattr(record, "request_id", None):
             entry["request_id"] = rid
+        if fields := getattr(record, "access", None):  # an access-log line: its fields as keys of their own
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

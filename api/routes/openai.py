@@ -10,15 +10,17 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dispatcher.errors import InvalidInputError
 from dispatcher.limits import Role
+from dispatcher.models import ModelSpec
 from dispatcher.results import StreamChunk
 
 from .. import metrics
@@ -29,7 +31,10 @@ from ..schemas import Deadline, OpenAIErrorResponse
 
 # The openai client sends `Authorization: Bearer <api_key>`: an operator token (or a signed service call).
 router = APIRouter(prefix="/v1", tags=["openai"], responses=RESPONSES)
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse} for code in (404, 413, 422, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse} for code in (400, 404, 413, 429, 503)}
+MAX_STOP = 4
+"""Stop strings per request, as OpenAI allows."""
+STARTED = int(time.time())
 
 
 class EmbeddingRequest(BaseModel):
@@ -41,10 +46,28 @@ class EmbeddingRequest(BaseModel):
     deadline_s: Deadline = None
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"] = Field(description="Only text parts: these models read no images or audio.")
+    text: str
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Role
-    content: str
+    content: str | list[TextPart] = Field(description="A string, or a list of text parts (joined by newlines).")
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = Field(False, description="Send one more chunk before `[DONE]`, with empty `choices` "
+                                "and the request's `usage`; every other chunk has `usage: null`.")
+
+
+Stop = Annotated[str, Field(min_length=1)]
 
 
 class ChatRequest(BaseModel):
@@ -56,7 +79,19 @@ class ChatRequest(BaseModel):
     temperature: float | None = None
     deadline_s: Deadline = Field(None, description="Ours (the openai client: `extra_body`): see `/inference`.")
     stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Stop | list[Stop] | None = Field(None, description="Up to 4 strings; the text ends before the first.")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        return value
+
+    def stops(self) -> list[str] | None:
+        return [self.stop] if isinstance(self.stop, str) else self.stop or None
 
 
 @router.post("/embeddings", dependencies=[Depends(require_inference)], responses=ERRORS)
@@ -64,11 +99,11 @@ async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
     texts = [body.input] if isinstance(body.input, str) else body.input
     started = time.perf_counter()
     result = await dispatcher.embed(texts, body.model, deadline_s=body.deadline_s)
-    metrics.observe("/v1/embeddings", result.model, result.source, time.perf_counter() - started, result.timings,
-                    result.fallback_reason)
+    metrics.observe("/v1/embeddings", result, time.perf_counter() - started)
     dim = int(result.vectors.shape[1])
     if body.dimensions is not None and body.dimensions != dim:
-        raise InvalidInputError(f"{body.model} returns {dim} dimensions; it cannot return {body.dimensions}")
+        raise InvalidInputError(f"{body.model} returns {dim} dimensions; it cannot return {body.dimensions}",
+                                param="dimensions")
     if body.encoding_format == "base64":
         data: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in result.vectors]
     else:
@@ -84,10 +119,10 @@ async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
 @router.post("/chat/completions", dependencies=[Depends(require_inference)], responses={
     **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or events when `stream` is true"}})
 async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
-    messages = [m.model_dump() for m in body.messages]
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     started = time.perf_counter()
-    chunks = dispatcher.stream(messages, body.model, max_tokens=_max_tokens(body),
-                               temperature=body.temperature, deadline_s=body.deadline_s, deltas=body.stream)
+    chunks = dispatcher.stream(messages, body.model, max_tokens=_max_tokens(body), temperature=body.temperature,
+                               deadline_s=body.deadline_s, deltas=body.stream, stop=body.stops())
     first = await anext(chunks)  # awaited here: a refused request is a plain JSON error with its status
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if not body.stream:
@@ -95,8 +130,7 @@ async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
             first = await anext(chunks)
         result = first.result
         assert result is not None
-        metrics.observe("/v1/chat/completions", result.model, result.source, time.perf_counter() - started,
-                        result.timings, result.fallback_reason)
+        metrics.observe("/v1/chat/completions", result, time.perf_counter() - started)
         return ORJSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": result.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
@@ -104,16 +138,21 @@ async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
             "usage": _usage(result.prompt_tokens, result.completion_tokens),
         }, headers={"X-NPU-Source": result.source})
     model = body.model or dispatcher.registry.default("generation")  # an empty name means the default model
-    return StreamingResponse(_sse(first, chunks, completion_id, created, model, started),
+    usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(_sse(first, chunks, completion_id, created, model, started, usage),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _sse(first: StreamChunk, rest: AsyncIterator[StreamChunk], completion_id: str, created: int,
-               model: str, started: float) -> AsyncIterator[bytes]:
-    def event(delta: dict[str, str], finish: str | None, usage: dict[str, int] | None = None) -> bytes:
+               model: str, started: float, include_usage: bool) -> AsyncIterator[bytes]:
+    """OpenAI's chunks: with `stream_options.include_usage`, every chunk has `usage: null` and one more,
+    with no choices, carries the usage; without it, no chunk has a `usage` field."""
+
+    def event(delta: dict[str, str] | None, finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
         chunk: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                 "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        if usage:
+                                 "model": model, "choices": [] if delta is None else
+                                 [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        if include_usage:
             chunk["usage"] = usage
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
@@ -122,9 +161,10 @@ async def _sse(first: StreamChunk, rest: AsyncIterator[StreamChunk], completion_
     while chunk is not None:
         if chunk.done and chunk.result:
             r = chunk.result
-            metrics.observe("/v1/chat/completions", r.model, r.source, time.perf_counter() - started, r.timings,
-                            r.fallback_reason)
-            yield event({}, _finish(r.finish_reason), _usage(r.prompt_tokens, r.completion_tokens))
+            metrics.observe("/v1/chat/completions", r, time.perf_counter() - started)
+            yield event({}, _finish(r.finish_reason))
+            if include_usage:
+                yield event(None, usage=_usage(r.prompt_tokens, r.completion_tokens))
         elif chunk.delta:
             yield event({"content": chunk.delta}, None)
         chunk = await anext(rest, None)
@@ -142,8 +182,21 @@ def _usage(prompt_tokens: int | None, completion_tokens: int | None) -> dict[str
 
 @router.get("/models", dependencies=[Depends(require_read)])
 async def list_models(dispatcher: Dispatcher) -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "npu-worker"}
-                                        for name in dispatcher.registry.names]}
+    return {"object": "list", "data": [_model(dispatcher.registry.specs[name]) for name in dispatcher.registry.names]}
+
+
+@router.get("/models/{model_id}", dependencies=[Depends(require_read)], responses={404: {"model": OpenAIErrorResponse}})
+async def get_model(model_id: str, dispatcher: Dispatcher) -> dict[str, Any]:
+    return _model(dispatcher.registry.get(model_id))  # 404 model_not_found for an unknown one
+
+
+def _model(spec: ModelSpec) -> dict[str, Any]:
+    """`created`: when the model's files were prepared here (their directory's time), else this process's start."""
+    try:
+        created = int(Path(spec.path).stat().st_mtime) if spec.path else STARTED
+    except OSError:
+        created = STARTED
+    return {"id": spec.name, "object": "model", "created": created, "owned_by": "npu-worker"}
 
 
 def _max_tokens(body: ChatRequest) -> int | None:

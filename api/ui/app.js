@@ -27,6 +27,13 @@ const App = {
   computed: {
     isAdmin() { return this.role === "admin"; },
     errorText() { return this.error ? describe(this.error) : ""; },
+    freshness() {
+      // "live" only while reads succeed: with Redis down (or the facade gone) the page shows old state.
+      const age = this.updated ? Math.max(0, Math.round(this.now - this.updated)) + " s ago" : null;
+      if (this.redisDown) return "not live: Redis unreachable" + (age ? " · last read " + age : "");
+      if (this.error) return "not live" + (age ? " · last read " + age : "");
+      return age ? "live · updated " + age : "loading…";
+    },
     redisDown() {
       return (this.error && this.error.code === "redis_unavailable") ||
         (this.health && this.health.redis === "unreachable");
@@ -121,7 +128,7 @@ const App = {
       </nav>
       <span class="spacer"></span>
       <span class="updated muted" data-test="updated">
-        {{ updated ? "live · updated " + Math.max(0, Math.round(now - updated)) + " s ago" : "loading…" }}</span>
+        {{ freshness }}</span>
       <span class="badge role" data-test="role">{{ role }}</span>
       <button class="link" @click="signOut()">Sign out</button>
     </header>

@@ -2,8 +2,10 @@
 
 export const NPU_ROLE = "npu-worker";
 
-export function ago(unixSeconds, now = Date.now() / 1000) {
-  if (unixSeconds == null) return "never";
+export function ago(when, now = Date.now() / 1000) {
+  if (when == null) return "never";
+  // The API writes times as ISO 8601 UTC ("2026-02-04T10:30:00Z"); unix seconds are still read.
+  const unixSeconds = typeof when === "string" ? Date.parse(when) / 1000 : when;
   const s = Math.max(0, Math.round(now - unixSeconds));
   if (s < 60) return `${s} s ago`;
   if (s < 3600) return `${Math.round(s / 60)} min ago`;

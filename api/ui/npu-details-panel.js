@@ -95,7 +95,8 @@ export const NPUDetailsPanel = {
       this.chart = markRaw(new uPlot({
         ...this.size(),
         scales: { y: { range: [0, 100] } },
-        axes: [{}, { values: (u, ticks) => ticks.map((t) => `${t}%`) }],
+        // 90 px between time labels at least: "10:31:20"-style labels need that much not to overlap.
+        axes: [{ space: 90 }, { values: (u, ticks) => ticks.map((t) => `${t}%`) }],
         series: [{}, { label: "utilization", stroke: "#2f6fde", fill: "rgba(47,111,222,0.12)", width: 2,
                        value: (u, v) => (v == null ? "—" : `${v.toFixed(1)}%`) }],
         legend: { show: true },
@@ -135,7 +136,7 @@ export const NPUDetailsPanel = {
           <td>{{ m.device || "—" }}</td>
           <td>{{ m.inferences }}</td>
           <td>{{ num(m.meanLatencyMs, 1, " ms") }}</td>
-          <td>{{ num(m.throughputPerS, 1, " /s") }}</td>
+          <td data-test="throughput">{{ num(m.throughputPerS, 1, m.task === "generation" ? " tokens/s" : " texts/s") }}</td>
           <td>{{ queue(m.name) }}</td>
           <td class="actions">
             <button v-if="m.loaded" data-test="unload" :disabled="!isAdmin || !!pending[m.name]"

@@ -38,7 +38,7 @@ from dispatcher.signing import (
 from tests.conftest import ADMIN_TOKEN, SERVICE_ID, SERVICE_KEY, VIEWER_TOKEN, WorkerProcess, as_operator, signed
 
 MODEL = "all-minilm-l6-v2"
-PUBLIC = {"/livez", "/fleet", "/fleet/static/{name:path}", "/settings/admin/npu-workers"}
+PUBLIC = {"/livez", "/readyz", "/fleet", "/fleet/static/{name:path}", "/settings/admin/npu-workers"}
 """Marked `public`: liveness and the operator page's shell (fixed files, no data; see api/routes/ui.py)."""
 REQUIREMENTS = {require_read: "read", require_inference: "inference", require_admin: "admin", public: "public"}
 JSON = {"content-type": "application/json"}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,7 +41,9 @@ def test_status_has_exactly_the_seed_shape(admin: TestClient, settings: Settings
     assert set(body["capabilities"]) == {"models", "maxConcurrent", "memoryGB", "deviceType", "utilization"}
     assert body["node_id"] == settings.node_id and MODEL in body["loadedModels"]
     assert body["capabilities"]["deviceType"] == "cpu" and body["capabilities"]["maxConcurrent"] >= 32
-    assert body["lastHealthCheck"] > time.time() - 30
+    checked = datetime.strptime(body["lastHealthCheck"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["lastHealthCheck"])
+    assert checked.timestamp() > time.time() - 30
     missing = admin.get("/api/nodes/no-such-node/npu/status")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
@@ -51,7 +55,8 @@ def test_assigning_the_role_detects_capabilities_through_signed_calls(admin: Tes
     assert node["detection"]["status"] == "ok", node["detection"]
     caps = node["capabilities"]
     assert caps["deviceType"] == "cpu" and MODEL in caps["models"] and caps["maxConcurrent"] >= 32
-    assert node["lastHealthCheck"] > time.time() - 30
+    assert datetime.strptime(node["lastHealthCheck"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=timezone.utc).timestamp() > time.time() - 30
     status = admin.get("/api/nodes/added-peer/npu/status").json()  # no workers of its own: the detected values
     assert status["capabilities"]["deviceType"] == "cpu" and status["lastHealthCheck"] == node["lastHealthCheck"]
 

@@ -42,7 +42,80 @@ def test_requests_sources_errors_and_fleet_gauges(settings: Settings, worker: Wo
     assert value(after, "npu_queue_depth", model=MODEL, lane="interactive") >= 0
     assert value(after, "npu_workers_live", model=MODEL, device="cpu") >= 1
     assert value(after, "npu_batch_size_count", worker=worker.beat().worker_id) >= 3
-    assert value(after, "npu_worker_utilization", node=settings.node_id) >= 0
+    assert 0 <= value(after, "npu_worker_utilization_ratio", node=settings.node_id) <= 1
+    assert value(after, "npu_prompt_tokens_total", model=MODEL, source="npu") - \
+        value(before, "npu_prompt_tokens_total", model=MODEL, source="npu") >= 6  # 3 x 2 texts, 1+ token each
+    served = value(after, "npu_worker_jobs_total", worker=worker.beat().worker_id, lane="interactive",
+                   outcome="served")
+    assert served >= 3 and value(after, "npu_fleet_up") == 1
+    assert not any(n.endswith("_created") for n, _ in after)
+
+
+def test_generation_tokens_and_time_to_first_token(settings: Settings, worker: WorkerProcess) -> None:
+    llm = "smollm2-135m-instruct"
+    with signed(TestClient(create_app(settings))) as c:
+        before = scrape(c)
+        body = c.post("/inference", json={"prompt": "Say hi.", "model": llm, "max_tokens": 5}).json()
+        after = scrape(c)
+    assert value(after, "npu_completion_tokens_total", model=llm, source="npu") - \
+        value(before, "npu_completion_tokens_total", model=llm, source="npu") == body["usage"]["completion_tokens"]
+    assert value(after, "npu_prompt_tokens_total", model=llm, source="npu") - \
+        value(before, "npu_prompt_tokens_total", model=llm, source="npu") == body["usage"]["prompt_tokens"]
+    assert value(after, "npu_time_to_first_token_seconds_count", model=llm) == \
+        value(before, "npu_time_to_first_token_seconds_count", model=llm) + 1
+    assert value(after, "npu_requests_total", route="/inference", model=llm, status="200") >= 1
+
+
+def test_only_inference_requests_are_counted_as_requests(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as c:
+        before = scrape(signed(c))
+        c.auth = None
+        assert c.get("/health").status_code == 401 and c.post("/embeddings", json={}).status_code == 401
+        after = scrape(signed(c))
+    assert value(after, "npu_requests_total", route="/health") == 0
+    assert value(after, "npu_requests_total", route="/embeddings", status="401") == \
+        value(before, "npu_requests_total", route="/embeddings", status="401") + 1
+
+
+def test_queue_depth_per_lane_without_a_worker(isolated: Settings) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    from dispatcher.protocol import EMBED_TASK, Keys, MsgpackSerializer
+
+    r = Redis.from_url(isolated.redis_address)
+    keys = Keys(isolated.key_prefix)
+    r.xadd(keys.stream(MODEL), {"j": b"x"})
+    r.xadd(keys.stream(MODEL), {"j": b"y"})
+    Queue(keys.queue(MODEL), connection=r, serializer=MsgpackSerializer).enqueue(
+        EMBED_TASK, kwargs={"texts": ["a"], "model": MODEL})
+    with signed(TestClient(create_app(isolated))) as c:
+        samples = scrape(c)
+    assert value(samples, "npu_queue_depth", model=MODEL, lane="interactive") == 2
+    assert value(samples, "npu_queue_depth", model=MODEL, lane="bulk") == 1
+    assert value(samples, "npu_workers_live") == 0
+
+
+def test_metrics_answer_while_redis_is_down_and_can_be_public(isolated: Settings) -> None:
+    gone = isolated.model_copy(update={"redis_url": f"redis://127.0.0.1:{_closed_port()}/0"})
+    with signed(TestClient(create_app(gone))) as c:
+        started = time.monotonic()
+        samples = scrape(c)
+        assert time.monotonic() - started < 5
+    assert value(samples, "npu_fleet_up") == 0 and not any(n == "npu_queue_depth" for n, _ in samples)
+    with TestClient(create_app(gone)) as c:  # unsigned
+        assert c.get("/metrics").status_code == 401
+    with TestClient(create_app(gone.model_copy(update={"metrics_public": True}))) as c:
+        assert c.get("/metrics").status_code == 200
+        assert c.get("/health").status_code == 401  # only /metrics is opened
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_fallbacks_are_counted_with_their_reason(isolated: Settings, cloud: CloudServer) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 
 import httpx
 import numpy as np
@@ -12,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from dispatcher.settings import Settings
+from tests.cloud_server import CloudServer
 from tests.conftest import ADMIN_TOKEN, LiveFacade, signed
 
 MODEL = "all-minilm-l6-v2"
@@ -71,10 +74,98 @@ def test_errors_come_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         client.embeddings.create(model="nope", input="x")
     assert err.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model=MODEL, input=[])
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError) as err:
         client.embeddings.create(model=MODEL, input="x", dimensions=12)
+    assert err.value.body["param"] == "dimensions"
+
+
+@pytest.mark.parametrize(("body", "param", "words"), [
+    ({"model": LLM, "messages": [{"role": "user"}]}, "messages[0].content", "Missing required parameter"),
+    ({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature",
+     "expected a number"),
+    ({"model": LLM, "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "expected one of"),
+    ({"model": LLM, "messages": []}, "messages", "too short"),
+    ({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, "stop",
+     "at most 4"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "model", "Missing required parameter"),
+])
+def test_validation_errors_are_400_in_openai_shape_with_param(facade: LiveFacade, body: dict, param: str,
+                                                               words: str) -> None:
+    r = httpx.post(f"{facade.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and words in error["message"] and error["type"] == "invalid_request_error"
+    assert "Field required" not in error["message"] and "Input should" not in error["message"]  # not pydantic's
+
+
+def test_stop_strings_end_the_text(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Name three colours, separated by commas."}]
+    full = client.chat.completions.create(model=LLM, max_tokens=24, messages=messages).choices[0].message.content
+    words = full.split()
+    assert len(words) >= 4, full
+    stop = words[2]  # greedy decoding: the same text again, cut before this word
+    cut = client.chat.completions.create(model=LLM, max_tokens=24, messages=messages, stop=stop).choices[0]
+    assert stop not in cut.message.content and full.startswith(cut.message.content.rstrip())
+    assert len(cut.message.content) < len(full) and cut.finish_reason == "stop"
+    streamed = client.chat.completions.create(model=LLM, max_tokens=24, messages=messages, stop=["nope", stop],
+                                              stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == cut.message.content
+
+
+def test_content_as_text_parts_created_and_model_lookup(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(model=LLM, max_tokens=16, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}]}])
+    assert "Paris" in result.choices[0].message.content
+    assert abs(result.created - time.time()) < 120
+    model = client.models.retrieve(LLM)
+    assert model.id == LLM and model.created > 1_600_000_000
+    assert {m.created for m in client.models.list()} != {0}
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("nope")
+    assert err.value.body["code"] == "model_not_found"
+
+
+def test_include_usage_as_openai_documents(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Say hello."}]
+    chunks = list(client.chat.completions.create(model=LLM, max_tokens=8, messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens > 0
+    assert last.usage.total_tokens > last.usage.prompt_tokens
+    assert all(c.usage is None for c in chunks[:-1]) and chunks[-2].choices[0].finish_reason in ("stop", "length")
+    plain = list(client.chat.completions.create(model=LLM, max_tokens=8, messages=messages, stream=True))
+    assert all(c.usage is None and c.choices for c in plain)
+
+
+def test_async_client_chat_stop_and_models(facade: LiveFacade) -> None:
+    asyncio.run(_async_client(facade))
+
+
+async def _async_client(facade: LiveFacade) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{facade.url}/v1", api_key=ADMIN_TOKEN, max_retries=0)
+    try:
+        result = await client.chat.completions.create(
+            model=LLM, max_tokens=16, stop=["Paris"], messages=[{"role": "user", "content": [
+                {"type": "text", "text": "What is the capital of France?"}]}])
+        assert "Paris" not in result.choices[0].message.content and result.choices[0].finish_reason == "stop"
+        assert (await client.models.retrieve(MODEL)).id == MODEL
+        embedded = await client.embeddings.create(model=MODEL, input="hello")
+        assert len(embedded.data[0].embedding) == 384
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": 5}])
+    finally:
+        await client.close()
+
+
+def test_stop_travels_to_the_cloud(isolated: Settings, cloud: CloudServer) -> None:
+    with TestClient(create_app(isolated.model_copy(update={"cloud_base_url": cloud.base_url}))) as c:
+        r = c.post("/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                   json={"model": LLM, "messages": [{"role": "user", "content": "hi"}], "stop": "END"})
+        assert r.status_code == 200, r.text
+    assert cloud.calls[-1]["body"]["stop"] == ["END"]
 
 
 def test_a_facade_serves_as_another_facades_cloud(isolated: Settings, facade: LiveFacade) -> None:
@@ -92,3 +183,13 @@ def test_openai_routes_need_credentials(facade: LiveFacade) -> None:
     stranger = openai.OpenAI(base_url=f"{facade.url}/v1", api_key="not-a-token", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         stranger.embeddings.create(model=MODEL, input="x")
+
+
+def test_inference_takes_stop_too(facade: LiveFacade) -> None:
+    with httpx.Client(base_url=facade.url, timeout=60, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        body = {"prompt": "What is the capital of France?", "model": LLM, "max_tokens": 16}
+        full = http.post("/inference", json=body).json()["text"]
+        assert "Paris" in full
+        cut = http.post("/inference", json={**body, "stop": ["Paris"]}).json()
+        assert "Paris" not in cut["text"] and full.startswith(cut["text"]) and cut["finish_reason"] == "stop"
+        assert http.post("/inference", json={**body, "stop": [""]}).status_code == 422

@@ -298,6 +298,24 @@ def test_a_failed_detection_is_shown_on_the_card(page: Page, site: LiveFacade, a
         api("DELETE", "/api/fleet/nodes/dead-node")
 
 
+TOO_WIDE = """[...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > 421)
+  .slice(-6).map((e) => `${e.tagName}.${e.className} ${e.textContent.slice(0, 40)}`)"""
+
+
+def test_420px_wide_the_page_does_not_scroll_sideways(page: Page, site: LiveFacade, ui_settings: Settings) -> None:
+    page.set_viewport_size({"width": 420, "height": 900})
+    sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
+    card(page, ui_settings.node_id).locator("[data-test=details]").click()
+    expect(page.locator("[data-test=details-panel]")).to_be_visible()
+    for tab in ("NPU Workers", "Nodes"):
+        page.get_by_role("tab", name=tab).click()
+        wide = page.evaluate(TOO_WIDE)  # what sticks out, for the failure message
+        assert page.evaluate("document.documentElement.scrollWidth") <= 420, (tab, wide)
+    header = page.locator("header.top").bounding_box()
+    role = page.locator("[data-test=role]").bounding_box()
+    assert header and role and role["x"] + role["width"] <= 420  # the header wraps rather than spill over
+
+
 def test_no_nodes_and_redis_down_are_readable(page: Page, ui_settings: Settings) -> None:
     empty = LiveFacade(ui_settings.model_copy(update={"key_prefix": f"{ui_settings.key_prefix}empty"}))
     down = LiveFacade(ui_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))
@@ -311,6 +329,7 @@ def test_no_nodes_and_redis_down_are_readable(page: Page, ui_settings: Settings)
 
         sign_in(page, down.url, ADMIN_TOKEN, "/fleet#npu-workers")
         expect(page.locator("[data-test=banner]")).to_contain_text("Redis is unreachable")
+        expect(page.locator("[data-test=updated]")).to_contain_text("not live: Redis unreachable")
         expect(page.locator("[data-test=no-npu-nodes]")).to_contain_text("could not be read")
     finally:
         empty.stop()
