@@ -71,6 +71,9 @@ class HeartbeatThread(threading.Thread):
         """Beats written."""
         self.wanted: frozenset[str] | None = None
         """Models the node's operator wants loaded (read at every beat); None: as started."""
+        self.draining = False
+        """Set on a requested stop: the worker still beats (callers of its running generations see it
+        alive) but is out of routing, so no new job is sent its way."""
 
     def run(self) -> None:
         interval = self.settings.heartbeat_interval_s
@@ -132,11 +135,24 @@ class HeartbeatThread(threading.Thread):
         pipe.zadd(keys.workers, {self.worker_id: expires})
         pipe.zremrangebyscore(keys.workers, "-inf", now - DEAD_WORKER_MEMORY_S)
         for model in models:
-            pipe.zadd(keys.live(model), {self.worker_id: expires})
+            if self.draining:
+                pipe.zrem(keys.live(model), self.worker_id)
+            else:
+                pipe.zadd(keys.live(model), {self.worker_id: expires})
             pipe.zremrangebyscore(keys.live(model), "-inf", now)
         pipe.execute()
         self.beats += 1
         return beat
+
+    def leave_routing(self) -> None:
+        """The first step of a drain: out of every model's live set at once (callers read it with a cache of
+        half a second), still beating until the held jobs are done."""
+        self.draining = True
+        try:
+            with self._lock:
+                self._beat()
+        except redis.RedisError as exc:
+            log.warning("could not leave routing: %s (callers drop it when its heartbeat expires)", exc)
 
     def deregister(self) -> None:
         """A clean stop leaves routing at once instead of after the TTL."""

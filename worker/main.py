@@ -179,9 +179,17 @@ class Worker:
         return False
 
     def _drain(self) -> None:
-        """On a requested stop, finish the generations already admitted (they were acked)."""
+        """On a requested stop (SIGTERM): leave routing, then finish what this worker holds. The loop has
+        ended after a whole step, so no embedding batch is half done; generations already admitted (they
+        were acked) run to their end, still announced by the heartbeat so their callers keep waiting.
+        Jobs still queued stay for the peers; `run` then deregisters (RQ too) and the process exits 0."""
+        self.heartbeat.leave_routing()
+        held = sum(len(g.active) for g in self.served.generators())
+        started = time.monotonic()
         while any(g.active for g in self.served.generators()):
             self._advance_generations()
+        log.info("worker %s drained: %d generation(s) finished in %.1fs", self.worker_id, held,
+                 time.monotonic() - started)
 
     # --- the loop
 
