@@ -22,7 +22,7 @@ import redis
 from rq.queue import Queue
 
 from dispatcher.fleet import memory_gb
-from dispatcher.nodes import read_node
+from dispatcher.nodes import NPU_ROLE, read_node
 from dispatcher.protocol import Heartbeat, Keys, pack, utilization
 from dispatcher.settings import DEAD_WORKER_MEMORY_S, Settings
 
@@ -71,6 +71,8 @@ class HeartbeatThread(threading.Thread):
         """Beats written."""
         self.wanted: frozenset[str] | None = None
         """Models the node's operator wants loaded (read at every beat); None: as started."""
+        self.in_role = True
+        """The node has the npu-worker role (read at every beat); taken away, the worker is drained."""
         self.draining = False
         """Set on a requested stop: the worker still beats (callers of its running generations see it
         alive) but is out of routing, so no new job is sent its way."""
@@ -103,6 +105,7 @@ class HeartbeatThread(threading.Thread):
         """The node's wanted models, set by an operator through the fleet API."""
         node = read_node(self.redis, self.keys, self.settings.node_id)
         self.wanted = frozenset(node.models) if node and node.models is not None else None
+        self.in_role = node is None or NPU_ROLE in node.roles
 
     def beat(self) -> Heartbeat:
         with self._lock:
