@@ -149,8 +149,9 @@ def _status_table(settings: Settings) -> Any:
     from dispatcher.fleet import by_model
 
     beats = asyncio.run(_live_beats(settings))
-    table = Table(title=f"npu-worker: {len(beats)} live worker(s) on {settings.redis_address} "
-                        f"(prefix {settings.key_prefix})")
+    where = (f"sentinel master {settings.redis_sentinel_master}" if settings.redis_sentinels
+             else settings.redis_address)
+    table = Table(title=f"npu-worker: {len(beats)} live worker(s) on {where} (prefix {settings.key_prefix})")
     for column in ("worker", "node", "models (device)", "queued i/b", "running", "util %", "busy %", "jobs", "seen"):
         table.add_column(column, justify="right" if column in ("running", "util %", "busy %", "jobs") else "left")
     now = time.time()
