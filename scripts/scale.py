@@ -212,7 +212,7 @@ def run_k(k: int, args: argparse.Namespace, env: dict[str, str], r: redis.Redis,
           workers: list[subprocess.Popen[bytes]], workdir: Path) -> dict[str, Any]:
     start = time.time() + args.warmup + 1.0  # the callers' start-up happens before the window
     end = start + args.seconds
-    per_proc = max(2, (2 * k + args.caller_procs - 1) // args.caller_procs)
+    per_proc = max(1, (2 * k + args.caller_procs - 1) // args.caller_procs)  # 2 jobs in flight per worker
     outs = [workdir / f"callers-{k}-{i}.json" for i in range(args.caller_procs)]
     callers = [subprocess.Popen([sys.executable, __file__, "--caller", str(per_proc), str(start), str(end), str(out)],
                                 env=env, cwd=ROOT) for out in outs]
