@@ -13,6 +13,12 @@ Policy, in one place:
   worker, a generation's retry, and the cloud fallback, which keeps `cloud_share` of the budget for itself.
 - A generation whose worker dies before any text reached the caller is submitted once more.
 - Redis unreachable: nothing can be queued. Each of these goes to the cloud if allowed, else raises.
+- Under Sentinel, a Redis error while a sent embedding job waits is taken for a failover: replication is
+  asynchronous, so the job may be gone from the new master, and the caller submits it again (jobs are
+  idempotent; the same id, so whichever copy is answered first answers it) every `RESUBMIT_PAUSE_S`
+  while its budget lasts. Not a generation: two surviving copies would interleave their streamed text;
+  its caller gets the cloud or `redis_unavailable` as before. A request that finds Redis unreachable
+  before its job was sent is not waited for: it gets the cloud or `redis_unavailable` (503) at once.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ ROUTE_CACHE_S = 0.5
 not ask Redis every time; a "no worker" answer is never cached."""
 GENERATION_ATTEMPTS = 2
 """A generation whose worker died before it streamed anything is submitted once more."""
+RESUBMIT_PAUSE_S = 0.2
+"""Pause between resubmissions of a job during a failover (a Sentinel election takes seconds)."""
 MIN_CLOUD_S = 0.05
 """Less budget than this left: the cloud is not even asked."""
 
@@ -110,6 +118,13 @@ class Receive(Effect):
 
     job: Job
     timeout_s: float
+
+
+@dataclass
+class Pause(Effect):
+    """Wait this long before the next step (between resubmissions during a failover)."""
+
+    seconds: float
 
 
 @dataclass
@@ -226,7 +241,7 @@ class Core:
             reason, node = yield LookUp(spec.name)
             if reason == "ok":
                 job = self._job(spec, kind="embed", texts=texts, truncate=truncate)
-                message = yield from self._send(job, node, self._local_wait(budget, cloud))
+                message = yield from self._submit(job, node, budget, cloud)
                 if message is not None:
                     yield self._embed_result(spec, _decode(message), started)
                     return
@@ -307,6 +322,24 @@ class Core:
     def _local_wait(self, budget: Budget, cloud: bool) -> float:
         """What the wait for a worker may take: the budget, less the cloud's share when it may be asked."""
         return budget.left() - (self.settings.cloud_share * budget.seconds if cloud else 0.0)
+
+    def _submit(self, job: Job, node: str | None, budget: Budget,
+                cloud: bool) -> Generator[Effect, Any, dict[str, Any] | None]:
+        """Send `job` and wait for its first reply; under Sentinel, resubmit it after a Redis error (see
+        the module's policy) to the node routing names then, else to the model's shared stream."""
+        resubmits = 0
+        while True:
+            try:
+                if resubmits:
+                    yield Pause(RESUBMIT_PAUSE_S)
+                    route, fresh = yield LookUp(job.model)
+                    node = fresh if route == "ok" else None
+                return (yield from self._send(job, node, self._local_wait(budget, cloud)))
+            except REDIS_DOWN:
+                if not self.settings.redis_sentinels or self._local_wait(budget, cloud) <= RESUBMIT_PAUSE_S:
+                    raise
+                self.forget_routes(job.model)
+                resubmits += 1
 
     def _send(self, job: Job, node: str | None, timeout_s: float) -> Generator[Effect, Any, dict[str, Any] | None]:
         if timeout_s <= 0:

@@ -13,8 +13,11 @@ import redis.asyncio as aredis
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 WAIT_SLICE_S = 4.0
 """Longest single blocking Redis call; longer waits are made of slices, so a client with redis-py's
@@ -35,6 +38,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "NPU_REDIS_URL"),
         description="Redis to use; unset means `npu-worker up` starts an embedded one.",
     )
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Redis Sentinel addresses, `host:port,host:port,...`: when set, every "
+        "client asks them for the master of `redis_sentinel_master` and follows a failover by itself "
+        "(REDIS_URL then only gives the data password and database).")
+    redis_sentinel_master: str = Field("mymaster", description="Name of the master the sentinels watch.")
+    redis_sentinel_password: SecretStr | None = Field(None, description="Password of the sentinels themselves "
+                                                      "(the data password is REDIS_URL's).")
     key_prefix: str = Field("npu", description="First part of every Redis key, so several deployments "
                             "(or test runs) share one Redis without meeting.")
 
@@ -76,6 +86,11 @@ class Settings(BaseSettings):
     reply_ttl_s: int = Field(60, ge=1)
     bulk_result_ttl_s: int = Field(86400, ge=1)
     bulk_job_timeout_s: int = Field(600, ge=1)
+    bulk_replicas: int | None = Field(None, ge=0, description="Replicas that must hold a bulk job before "
+                                      "`submit_*` returns (Redis WAIT), so a failover cannot lose it "
+                                      "unseen; unset: 1 under Sentinel, else 0.")
+    bulk_replica_timeout_ms: int = Field(500, ge=1, description="Longest wait for those replicas; short of "
+                                         "them, `submit_*` raises 503 `unavailable` (reason `not_replicated`).")
 
     # --- Backpressure
     max_queue: int = Field(1024, ge=1, description="Interactive jobs waiting per model (stream backlog); beyond it "
@@ -140,6 +155,22 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(False, description="Serve /metrics without credentials (for a scraper on a "
                                  "private network); otherwise it needs a read token or signature.")
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _address_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [a.strip() for a in value.split(",") if a.strip()]
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"a sentinel address is host:port, not {address!r}")
+        return value
+
     @field_validator("service_keys", mode="before")
     @classmethod
     def _key_map(cls, value: Any) -> Any:
@@ -180,21 +211,57 @@ class Settings(BaseSettings):
             return announced.read_text().strip()
         return "redis://127.0.0.1:6379/0"
 
-    def redis(self) -> redis.Redis:
-        """A client whose socket timeout outlasts one blocking wait slice (`WAIT_SLICE_S`).
+    @property
+    def bulk_wait_replicas(self) -> int:
+        if self.bulk_replicas is not None:
+            return self.bulk_replicas
+        return 1 if self.redis_sentinels else 0
 
-        Few, quick retries: redis-py's default (10 retries, up to 1 s apart) made every request wait
-        seconds for its 503 while Redis was gone; callers and the worker loop have their own fallbacks.
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [(host.strip("[]"), int(port)) for host, _, port in (a.rpartition(":") for a in self.redis_sentinels)]
+
+    def _client_options(self) -> dict[str, Any]:
+        """Socket options of every client: a socket timeout that outlasts one blocking wait slice
+        (`WAIT_SLICE_S`), and few, quick retries: redis-py's default (10 retries, up to 1 s apart) made
+        every request wait seconds for its 503 while Redis was gone; callers and the worker loop have
+        their own fallbacks."""
+        return {"socket_timeout": REDIS_SOCKET_TIMEOUT_S, "socket_connect_timeout": 2, "health_check_interval": 10}
+
+    def _data_options(self) -> dict[str, Any]:
+        """Under Sentinel, what REDIS_URL says besides the address: database, user, password."""
+        if not self.redis_url:
+            return {}
+        parsed = parse_url(self.redis_url)  # type: ignore[no-untyped-call]
+        return {k: parsed[k] for k in ("db", "username", "password") if parsed.get(k) is not None}
+
+    def _sentinel_options(self) -> dict[str, Any]:
+        password = self.redis_sentinel_password.get_secret_value() if self.redis_sentinel_password else None
+        return {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, "password": password}
+
+    def redis(self) -> redis.Redis:
+        """The one way a process gets a Redis client: REDIS_URL's server, or Sentinel's current master.
+
+        A Sentinel-managed client asks the sentinels for the master on every new connection, and drops
+        its connections when the master answers read-only (demoted), so a failover costs the commands in
+        flight a connection error, never a restart.
         """
-        return redis.Redis.from_url(self.redis_address, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-                                    socket_connect_timeout=2, health_check_interval=10,
-                                    retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), REDIS_RETRIES))
+        retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), REDIS_RETRIES)
+        if self.redis_sentinels:
+            sentinel = Sentinel(self.sentinel_addresses, sentinel_kwargs=self._sentinel_options())  # type: ignore[no-untyped-call]
+            client: redis.Redis = sentinel.master_for(self.redis_sentinel_master, retry=retry,  # type: ignore[no-untyped-call]
+                                                      **self._client_options(), **self._data_options())
+            return client
+        return redis.Redis.from_url(self.redis_address, retry=retry, **self._client_options())
 
     def aredis(self) -> aredis.Redis:
-        return aredis.Redis.from_url(self.redis_address, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-                                     socket_connect_timeout=2, health_check_interval=10,
-                                     retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.01, cap=0.1),
-                                                      REDIS_RETRIES))
+        retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), REDIS_RETRIES)
+        if self.redis_sentinels:
+            sentinel = AsyncSentinel(self.sentinel_addresses, sentinel_kwargs=self._sentinel_options())  # type: ignore[no-untyped-call]
+            client: aredis.Redis = sentinel.master_for(self.redis_sentinel_master, retry=retry,
+                                                       **self._client_options(), **self._data_options())
+            return client
+        return aredis.Redis.from_url(self.redis_address, retry=retry, **self._client_options())
 
 
 @lru_cache

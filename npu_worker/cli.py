@@ -249,6 +249,11 @@ async def _live_beats(settings: Settings) -> list[Heartbeat]:
         await r.aclose()
 
 
+def _where(settings: Settings) -> str:
+    return (f"sentinel master {settings.redis_sentinel_master}" if settings.redis_sentinels
+            else settings.redis_address)
+
+
 def _status(settings: Settings, width: int) -> Any:
     """The full table on a wide terminal; on a narrow one (80 columns) a block of short lines per worker."""
     import asyncio
@@ -263,7 +268,7 @@ def _status_blocks(settings: Settings, beats: list[Heartbeat]) -> Any:
     from dispatcher.fleet import by_model
 
     now = time.time()
-    out = Text(f"npu-worker: {len(beats)} live worker(s) on {settings.redis_address} (prefix {settings.key_prefix})\n",
+    out = Text(f"npu-worker: {len(beats)} live worker(s) on {_where(settings)} (prefix {settings.key_prefix})\n",
                style="bold")
     for b in sorted(beats, key=lambda b: (b.node_id, b.worker_id)):
         out.append(f"\n{b.worker_id}", style="bold")
@@ -286,7 +291,7 @@ def _status_table(settings: Settings, beats: list[Heartbeat]) -> Any:
 
     from dispatcher.fleet import by_model
 
-    table = Table(title=f"npu-worker: {len(beats)} live worker(s) on {settings.redis_address} "
+    table = Table(title=f"npu-worker: {len(beats)} live worker(s) on {_where(settings)} "
                         f"(prefix {settings.key_prefix})")
     for column in ("worker", "node", "models (device)", "queued i/b", "running", "util %", "busy %", "jobs", "seen"):
         table.add_column(column, justify="right" if column in ("running", "util %", "busy %", "jobs") else "left")
@@ -361,13 +366,20 @@ class _Supervisor(threading.Thread):
     """
 
     POLL_S = 0.25
+    READY_S = 300.0
+    """Longest wait for a replacement to load its models during a rolling restart."""
+    DRAIN_S = 120.0
+    """Longest wait for a stopped worker to finish what it holds (generations included)."""
     STABLE_S = 10.0
     """A worker that lived this long got past loading its models: restart it without a pause."""
     MAX_PAUSE_S = 30.0
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, settings: Settings):
         super().__init__(name="supervisor", daemon=True)
         self.count = count
+        self.settings = settings
+        self.restart_requested = threading.Event()
+        """Set by SIGHUP; the supervisor's own thread does the rolling restart."""
         self.procs: list[subprocess.Popen[bytes]] = []
         self.born: list[float] = []
         self.pause: list[float] = []
@@ -383,6 +395,9 @@ class _Supervisor(threading.Thread):
         self.pause = [0.0] * self.count
         self.due = [None] * self.count
         while not self.stopping.wait(self.POLL_S):
+            if self.restart_requested.is_set():
+                self.restart_requested.clear()
+                self._rolling_restart()
             for i, proc in enumerate(self.procs):
                 # Exit code 0 is a requested stop (Ctrl-C reaches the whole process group): not restarted.
                 if proc.poll() in (None, 0) or self.stopping.is_set():
@@ -403,6 +418,48 @@ class _Supervisor(threading.Thread):
                         self.due[i] = None
                         continue
                     self.born[i], self.due[i] = now, None
+
+    def _rolling_restart(self) -> None:
+        """One worker after the other: start its replacement, wait until it is live (models loaded, first
+        heartbeat), then SIGTERM the old one, which leaves routing and drains. Capacity never drops below
+        N, so steady traffic sees no error and no cloud fallback."""
+        console.print(f"rolling restart of {len(self.procs)} worker(s)")
+        for i, old in enumerate(list(self.procs)):
+            if self.stopping.is_set():
+                return
+            new = self._spawn()
+            if not self._wait_live(new):
+                console.print(f"[red]replacement worker {new.pid} did not come up; keeping {old.pid}")
+                new.terminate()
+                new.wait()
+                continue
+            self.procs[i], self.born[i], self.due[i] = new, time.monotonic(), None
+            old.terminate()
+            try:
+                code = old.wait(timeout=self.DRAIN_S)
+            except subprocess.TimeoutExpired:
+                old.kill()
+                code = old.wait()
+            console.print(f"worker {old.pid} drained (exit {code}); {new.pid} serves in its place")
+        console.print("rolling restart done")
+
+    def _wait_live(self, proc: subprocess.Popen[bytes]) -> bool:
+        from dispatcher.protocol import Keys
+
+        r, keys = self.settings.redis(), Keys(self.settings.key_prefix)
+        end = time.monotonic() + self.READY_S
+        try:
+            while time.monotonic() < end and proc.poll() is None and not self.stopping.is_set():
+                try:
+                    live = r.zrangebyscore(keys.workers, time.time(), "+inf")
+                    if any(f":{proc.pid}:" in w.decode() for w in live):
+                        return True
+                except Exception as exc:  # Redis away for a moment: keep waiting
+                    console.print(f"[yellow]waiting for worker {proc.pid}: {exc}")
+                time.sleep(0.2)
+            return False
+        finally:
+            r.close()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -453,7 +510,9 @@ def up(
     workers: Annotated[int | None, typer.Option(help="Worker processes [NPU_WORKERS].")] = None,
     api_workers: Annotated[int | None, typer.Option(help="Facade processes on the port [NPU_API_WORKERS].")] = None,
 ) -> None:
-    """Start everything: Redis (embedded when REDIS_URL is unset), N workers and the facade."""
+    """Start everything: Redis (embedded when neither REDIS_URL nor NPU_REDIS_SENTINELS is set), N workers
+    and the facade. SIGHUP restarts the workers one after the other, each replaced only once its
+    successor is live (a rolling restart without errors)."""
     from .redis_server import EmbeddedRedis
 
     settings = get_settings()
@@ -465,7 +524,7 @@ def up(
     _prepare(settings)
     _credentials(settings, host, port)
     embedded = None
-    if not settings.redis_url:
+    if not settings.redis_url and not settings.redis_sentinels:
         (settings.state_dir / "redis.url").unlink(missing_ok=True)  # a stale one from a killed `up`
         embedded = EmbeddedRedis(settings.state_dir / "redis").start()
         os.environ["REDIS_URL"] = embedded.url
@@ -474,8 +533,9 @@ def up(
         get_settings.cache_clear()
         console.print(f"embedded redis at {embedded.url} (data in {embedded.directory})")
     count = settings.workers if workers is None else workers
-    supervisor = _Supervisor(count)
+    supervisor = _Supervisor(count, get_settings())
     supervisor.start()
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.restart_requested.set())
     console.print(f"facade on http://{host}:{port} with {count} worker process(es); Ctrl-C stops all")
     if count:
         threading.Thread(target=_announce_ready, args=(get_settings(), host, port), daemon=True).start()

@@ -44,11 +44,12 @@ log = logging.getLogger(__name__)
 
 
 class BulkLane:
-    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats):
+    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats,
+                 routes: Routes | None = None):
         self.settings, self.redis, self.stats = settings, r, stats
         self.pipelines = served.pipelines
         """The models served when the lane was made (a model change makes a new lane)."""
-        routes = Routes(Keys(settings.key_prefix), settings.node_id)
+        routes = routes or Routes(Keys(settings.key_prefix), settings.node_id)
         self.queues = {name: Queue(name, connection=r, serializer=MsgpackSerializer)
                        for m in self.pipelines for name in routes.queues(m)}
         """Queue name -> queue: each model's routed (this node's) queue, then its shared one."""

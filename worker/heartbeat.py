@@ -22,7 +22,7 @@ import redis
 from rq.queue import Queue
 
 from dispatcher.fleet import memory_gb
-from dispatcher.nodes import read_node
+from dispatcher.nodes import NPU_ROLE, read_node
 from dispatcher.protocol import Heartbeat, Keys, pack, utilization
 from dispatcher.settings import DEAD_WORKER_MEMORY_S, Settings
 
@@ -71,6 +71,11 @@ class HeartbeatThread(threading.Thread):
         """Beats written."""
         self.wanted: frozenset[str] | None = None
         """Models the node's operator wants loaded (read at every beat); None: as started."""
+        self.in_role = True
+        """The node has the npu-worker role (read at every beat); taken away, the worker is drained."""
+        self.draining = False
+        """Set on a requested stop: the worker still beats (callers of its running generations see it
+        alive) but is out of routing, so no new job is sent its way."""
 
     def run(self) -> None:
         interval = self.settings.heartbeat_interval_s
@@ -100,6 +105,7 @@ class HeartbeatThread(threading.Thread):
         """The node's wanted models, set by an operator through the fleet API."""
         node = read_node(self.redis, self.keys, self.settings.node_id)
         self.wanted = frozenset(node.models) if node and node.models is not None else None
+        self.in_role = node is None or NPU_ROLE in node.roles
 
     def beat(self) -> Heartbeat:
         with self._lock:
@@ -132,11 +138,24 @@ class HeartbeatThread(threading.Thread):
         pipe.zadd(keys.workers, {self.worker_id: expires})
         pipe.zremrangebyscore(keys.workers, "-inf", now - DEAD_WORKER_MEMORY_S)
         for model in models:
-            pipe.zadd(keys.live(model), {self.worker_id: expires})
+            if self.draining:
+                pipe.zrem(keys.live(model), self.worker_id)
+            else:
+                pipe.zadd(keys.live(model), {self.worker_id: expires})
             pipe.zremrangebyscore(keys.live(model), "-inf", now)
         pipe.execute()
         self.beats += 1
         return beat
+
+    def leave_routing(self) -> None:
+        """The first step of a drain: out of every model's live set at once (callers read it with a cache of
+        half a second), still beating until the held jobs are done."""
+        self.draining = True
+        try:
+            with self._lock:
+                self._beat()
+        except redis.RedisError as exc:
+            log.warning("could not leave routing: %s (callers drop it when its heartbeat expires)", exc)
 
     def deregister(self) -> None:
         """A clean stop leaves routing at once instead of after the TTL."""

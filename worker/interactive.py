@@ -51,13 +51,13 @@ POLL_S = 0.0005
 
 class InteractiveLane:
     def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats,
-                 clock: RedisClock):
+                 clock: RedisClock, routes: Routes | None = None):
         self.settings, self.redis, self.worker_id, self.stats, self.clock = settings, r, worker_id, stats, clock
         self.keys = Keys(settings.key_prefix)
         self.deliveries = Deliveries(settings.max_deliveries)
         self.pipelines = served.pipelines
         """The models served when the lane was made (a model change makes a new lane)."""
-        routes = Routes(self.keys, settings.node_id)
+        routes = routes or Routes(self.keys, settings.node_id)
         self.stream_models = {s: m for m in self.pipelines for s in routes.streams(m)}
         kinds = {s: isinstance(self.pipelines[m], Embedder) for s, m in self.stream_models.items()}
         self.embed_streams = {s: ">" for s, embeds in kinds.items() if embeds}

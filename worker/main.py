@@ -127,13 +127,13 @@ class Worker:
         """Lanes for the models loaded now; the bulk lane's RQ worker lists exactly their queues."""
         s, r, me = self.settings, self.redis, self.worker_id
         old_interactive, old_bulk = self.interactive, self.bulk
-        self.interactive = InteractiveLane(s, r, me, self.served, self.stats, self.clock)
+        self.interactive = InteractiveLane(s, r, me, self.served, self.stats, self.clock, self.routes)
         if old_interactive:
             # Generations the old lane admitted report through its outbox: the new lane flushes the same one.
             self.interactive.outbox = old_interactive.outbox
         if old_bulk:
             old_bulk.close()
-        self.bulk = BulkLane(s, r, me, self.served, self.stats)
+        self.bulk = BulkLane(s, r, me, self.served, self.stats, self.routes)
         if old_bulk:
             # Bulk generations still running are this process's: the reaper must not take them for orphans.
             self.bulk.inflight, self.bulk.generating = old_bulk.inflight, old_bulk.generating
@@ -179,9 +179,17 @@ class Worker:
         return False
 
     def _drain(self) -> None:
-        """On a requested stop, finish the generations already admitted (they were acked)."""
+        """On a requested stop (SIGTERM): leave routing, then finish what this worker holds. The loop has
+        ended after a whole step, so no embedding batch is half done; generations already admitted (they
+        were acked) run to their end, still announced by the heartbeat so their callers keep waiting.
+        Jobs still queued stay for the peers; `run` then deregisters (RQ too) and the process exits 0."""
+        self.heartbeat.leave_routing()
+        held = sum(len(g.active) for g in self.served.generators())
+        started = time.monotonic()
         while any(g.active for g in self.served.generators()):
             self._advance_generations()
+        log.info("worker %s drained: %d generation(s) finished in %.1fs", self.worker_id, held,
+                 time.monotonic() - started)
 
     # --- the loop
 
@@ -229,6 +237,8 @@ class Worker:
         wanted = self.heartbeat.wanted
         if wanted is not None and wanted != set(self.served.names()):
             self.apply_models(wanted)
+        if self.heartbeat.in_role != self.routes.shared:
+            self.apply_role(self.heartbeat.in_role)
         if not self.served:  # everything unloaded by an operator: wait for a load
             self.stopping.wait(self.settings.bulk_poll_ms / 1000)
             return False
@@ -267,6 +277,15 @@ class Worker:
         self._ensure_groups()
         self._make_lanes()
         self.heartbeat.beat()  # the new state is visible now, not at the next interval
+
+    def apply_role(self, in_role: bool) -> None:
+        """The node lost (or regained) its npu-worker role: out of routing, and reading only the work
+        already routed to this node until it is given the role back (or back to everything)."""
+        self.routes = Routes(self.keys, self.settings.node_id, shared=in_role)
+        self.heartbeat.draining = not in_role
+        self._make_lanes()
+        self.heartbeat.beat()
+        log.info("node %s %s", self.settings.node_id, "back in the fleet" if in_role else "drained: role taken away")
 
     def _advance_generations(self) -> None:
         inference.advance(self.served.generators(), self.stats)

@@ -18,7 +18,7 @@ import pytest
 
 import worker.main
 from dispatcher.models import Registry
-from dispatcher.nodes import Node
+from dispatcher.nodes import NPU_ROLE, Node
 from dispatcher.protocol import Heartbeat, Keys, MsgpackSerializer, unpack
 from dispatcher.settings import Settings
 from worker.heartbeat import queue_depths
@@ -79,7 +79,8 @@ def test_no_beat_is_lost_while_an_operator_loads_and_unloads_models(
         started, wishes = time.monotonic(), 0
         while time.monotonic() - started < 3:
             wanted = [MODEL] if wishes % 2 else []
-            r.set(keys.node(s.node_id), Node(id=s.node_id, name=s.node_id, models=wanted).model_dump_json())
+            node = Node(id=s.node_id, name=s.node_id, roles=[NPU_ROLE], models=wanted)  # without the role: drained
+            r.set(keys.node(s.node_id), node.model_dump_json())
             wishes += 1
             time.sleep(0.015)
             raw = r.get(keys.worker(w.worker_id))
