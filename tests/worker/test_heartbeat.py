@@ -99,9 +99,9 @@ def test_no_beat_is_lost_while_an_operator_loads_and_unloads_models(
     loads = sum(rec.getMessage().startswith("loaded ") for rec in caplog.records if rec.name == "worker.main")
     unloads = sum(rec.getMessage() == f"unloaded {MODEL}" for rec in caplog.records if rec.name == "worker.main")
     assert loads >= 20 and unloads >= 20, (loads, unloads)
-    # Beats kept going all along (a 2 ms interval is not kept exactly on a loaded 2-core machine: 90% of it
-    # was measured on a quiet one, 45% under a load average of 13; a heartbeat thread that died would
-    # leave a handful).
+    # Beats kept going all along. A 2 ms interval is not kept exactly on a loaded 2-core machine (678-717
+    # beats of 750 in 3 s were measured under a load average of 13); a heartbeat thread that died or
+    # stalled on failures would leave a handful.
     assert w.heartbeat.beats >= 0.25 * elapsed / s.heartbeat_interval_s, (w.heartbeat.beats, elapsed)
     # Every published beat is one consistent view: the same models everywhere in it.
     assert len(seen) > 50
