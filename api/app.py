@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from redis.exceptions import RedisError
@@ -16,7 +17,7 @@ from dispatcher.settings import Settings, get_settings
 
 from . import errors
 from .auth import Authenticator
-from .middleware import RequestIdMiddleware
+from .middleware import BodyLimitMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
 from .routes import embeddings, fleet, health, inference, liveness, metrics, models, openai, schema, ui, whoami
@@ -32,6 +33,15 @@ async def _sample_history(fleet: Fleet) -> None:
         except RedisError as exc:
             log.debug("history sample skipped: %s", exc)
         await asyncio.sleep(fleet.settings.history_interval_s)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options every way of serving the facade passes: X-Forwarded-For (the caller's address in
+    logs) is believed only from NPU_TRUSTED_PROXIES; uvicorn's own default trusts 127.0.0.1, which would
+    let any local process write the address our logs report."""
+    trusted = settings.trusted_proxies
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": ",".join(trusted) if trusted else None,
+            "server_header": False}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (liveness, health, models, metrics, schema, embeddings, inference, openai, fleet, whoami, ui):
         app.include_router(module.router)
     document_limits(app, settings)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)
     return app

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     viewer_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Operator bearer tokens that may only read "
         "(JSON list or comma-separated).")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="App keys: bearer tokens that may run inference and list models, "
+        "nothing else (for the official `openai` client; JSON list or comma-separated).")
     service_id: str | None = Field(None, description="This process's identity when it signs outbound calls.")
     service_key: SecretStr | None = Field(None, description="Key it signs them with.")
 
@@ -131,6 +134,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8081
     workers: int = Field(1, ge=0, description="Worker processes `npu-worker up` starts.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Addresses whose X-Forwarded-For / X-Forwarded-Proto the facade "
+        "believes (JSON list or comma-separated); empty: none, the caller's address is the peer's.")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body the facade "
+                                "reads (413 above, refused while it streams in). The default holds the "
+                                "largest request the input limits allow, even JSON-escaped.")
     log_level: str = "INFO"
     log_json: bool = Field(False, description="One JSON object per log line (with request ids).")
 
@@ -142,7 +151,7 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
-    @field_validator("admin_tokens", "viewer_tokens", mode="before")
+    @field_validator("admin_tokens", "viewer_tokens", "api_keys", "trusted_proxies", mode="before")
     @classmethod
     def _token_list(cls, value: Any) -> Any:
         """A JSON list, or the comma-separated form that is easier to write in a compose file."""

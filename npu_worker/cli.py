@@ -124,8 +124,10 @@ def serve(
     _logging(settings)
     host, port = host or settings.host, port or settings.port
     _credentials(settings, host, port)
+    from api.app import server_options
+
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port,
-                log_level=settings.log_level.lower(), access_log=False, log_config=None)
+                log_level=settings.log_level.lower(), access_log=False, log_config=None, **server_options(settings))
 
 
 async def _live_beats(settings: Settings) -> list[Heartbeat]:
@@ -300,6 +302,8 @@ def up(
     """Start everything: Redis (embedded when REDIS_URL is unset), N workers and the facade."""
     import uvicorn
 
+    from api.app import server_options
+
     from .redis_server import EmbeddedRedis
 
     settings = get_settings()
@@ -327,8 +331,8 @@ def up(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stop)
     try:
-        uvicorn.run("api.app:create_app", factory=True, host=host, port=port,
-                    log_level=settings.log_level.lower(), access_log=False, log_config=None)
+        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level=settings.log_level.lower(),
+                    access_log=False, log_config=None, **server_options(settings))
     except _Stop:
         pass
     finally:

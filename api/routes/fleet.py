@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.nodes import LoadBalancing
 
-from ..auth import RESPONSES, require_admin, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, require_admin, require_read
 from ..deps import Fleet
 
-router = APIRouter(tags=["fleet"], responses=RESPONSES)
+router = APIRouter(route_class=AuthenticatedRoute, tags=["fleet"], responses=RESPONSES)
 Read = [Depends(require_read)]
 Admin = [Depends(require_admin)]
 

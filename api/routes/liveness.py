@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from ..auth import public
+from ..auth import AuthenticatedRoute, public
 
-router = APIRouter(tags=["health"], dependencies=[Depends(public)])
+router = APIRouter(route_class=AuthenticatedRoute, tags=["health"], dependencies=[Depends(public)])
 
 
 @router.get("/livez")

@@ -8,10 +8,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import metrics
-from ..auth import RESPONSES, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, require_read
 from ..deps import Fleet
 
-router = APIRouter(tags=["metrics"], dependencies=[Depends(require_read)], responses=RESPONSES)
+router = APIRouter(route_class=AuthenticatedRoute, tags=["metrics"], dependencies=[Depends(require_read)],
+                   responses=RESPONSES)
 
 
 @router.get("/metrics", response_class=Response)

@@ -22,13 +22,13 @@ from dispatcher.limits import Role
 from dispatcher.results import StreamChunk
 
 from .. import metrics
-from ..auth import RESPONSES, require_inference, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, require_inference, require_models
 from ..deps import Dispatcher
 from ..responses import ORJSONResponse
 from ..schemas import Deadline, OpenAIErrorResponse
 
-# The openai client sends `Authorization: Bearer <api_key>`: an operator token (or a signed service call).
-router = APIRouter(prefix="/v1", tags=["openai"], responses=RESPONSES)
+# The openai client sends `Authorization: Bearer <api_key>`: an app key (NPU_API_KEYS), or an admin token.
+router = APIRouter(route_class=AuthenticatedRoute, prefix="/v1", tags=["openai"], responses=RESPONSES)
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse} for code in (404, 413, 422, 429, 503)}
 
 
@@ -140,7 +140,7 @@ def _usage(prompt_tokens: int | None, completion_tokens: int | None) -> dict[str
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-@router.get("/models", dependencies=[Depends(require_read)])
+@router.get("/models", dependencies=[Depends(require_models)])
 async def list_models(dispatcher: Dispatcher) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "npu-worker"}
                                         for name in dispatcher.registry.names]}

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from api.app import create_app
-from api.auth import public, require_admin, require_inference, require_read
+from api.auth import public, require_admin, require_inference, require_models, require_read
 from dispatcher.credentials import ensure_generated, outbound_identity
 from dispatcher.errors import AuthConfigError
 from dispatcher.protocol import Keys
@@ -35,12 +35,22 @@ from dispatcher.signing import (
     ServiceAuth,
     sign_headers,
 )
-from tests.conftest import ADMIN_TOKEN, SERVICE_ID, SERVICE_KEY, VIEWER_TOKEN, WorkerProcess, as_operator, signed
+from tests.conftest import (
+    ADMIN_TOKEN,
+    APP_KEY,
+    SERVICE_ID,
+    SERVICE_KEY,
+    VIEWER_TOKEN,
+    WorkerProcess,
+    as_operator,
+    signed,
+)
 
 MODEL = "all-minilm-l6-v2"
 PUBLIC = {"/livez", "/fleet", "/fleet/static/{name:path}", "/settings/admin/npu-workers"}
 """Marked `public`: liveness and the operator page's shell (fixed files, no data; see api/routes/ui.py)."""
-REQUIREMENTS = {require_read: "read", require_inference: "inference", require_admin: "admin", public: "public"}
+REQUIREMENTS = {require_read: "read", require_models: "models", require_inference: "inference",
+                require_admin: "admin", public: "public"}
 JSON = {"content-type": "application/json"}
 BODIES = {"/embeddings": {"texts": ["hi"], "model": MODEL}, "/inference": {"prompt": "hi", "max_tokens": 2}}
 
@@ -299,7 +309,8 @@ def test_no_path_trick_reaches_a_protected_route_unauthenticated(client: TestCli
 
 
 def role_cases(client: TestClient) -> Iterator[tuple[str, str, str, set[str]]]:
-    allowed = {"read": {"service", "viewer", "admin"}, "inference": {"service", "admin"}, "admin": {"admin"}}
+    allowed = {"read": {"service", "viewer", "admin"}, "models": {"service", "viewer", "admin", "app"},
+               "inference": {"service", "admin", "app"}, "admin": {"admin"}}
     for path, method, requirement in route_table(client.app):
         if requirement != "public":
             yield path, method, requirement, allowed[requirement]
@@ -308,7 +319,7 @@ def role_cases(client: TestClient) -> Iterator[tuple[str, str, str, set[str]]]:
 def test_roles_on_every_protected_route(client: TestClient) -> None:
     callers: dict[str, Callable[[TestClient], TestClient]] = {
         "service": signed, "viewer": lambda c: as_operator(c, VIEWER_TOKEN),
-        "admin": lambda c: as_operator(c, ADMIN_TOKEN)}
+        "admin": lambda c: as_operator(c, ADMIN_TOKEN), "app": lambda c: as_operator(c, APP_KEY)}
     seen = set()
     for role, become in callers.items():
         client.auth = None
@@ -321,7 +332,7 @@ def test_roles_on_every_protected_route(client: TestClient) -> None:
                 assert status not in (401, 403), (role, method, path, status)
             else:
                 assert status == 403, (role, method, path, status)
-    assert seen == {"read", "inference", "admin"}
+    assert seen == {"read", "models", "inference", "admin"}
 
 
 def test_admin_only_routes_refuse_a_viewer_token(client: TestClient) -> None:
