@@ -38,7 +38,7 @@ from dispatcher.credentials import accepted
 from dispatcher.errors import ForbiddenError, UnauthorizedError
 from dispatcher.protocol import Keys
 from dispatcher.settings import Settings
-from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, verify
+from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, raw_path, verify, verify_headers
 
 from .metrics import AUTH_FAILURES
 from .schemas import ErrorResponse
@@ -92,9 +92,17 @@ class Authenticator:
                 raise UnauthorizedError(UnauthorizedError.INVALID, "duplicate_header")
             if values:
                 headers[name] = values[0]
+        hosts = request.headers.getlist("host")
+        if len(hosts) > 1:
+            raise UnauthorizedError(UnauthorizedError.INVALID, "duplicate_header")
+        # The raw path as sent (percent-encoding kept), not the decoded one: see dispatcher/signing.py.
+        path = raw_path(request.scope.get("raw_path") or request.scope["path"].encode("latin-1"))
+        if HEADER_NONCE in headers:  # the cheap checks first: the body is read for a plausible v2 caller only
+            verify_headers(headers, window_s=self.window_s)
         body = await request.body() if HEADER_NONCE in headers else b""
-        verified = verify(headers, request.method, request.url.path, request.scope.get("query_string", b""), body,
-                          self.accepted.service_keys, window_s=self.window_s, require_v2=self.require_v2)
+        verified = verify(headers, request.method, path, request.scope.get("query_string", b""), body,
+                          self.accepted.service_keys, window_s=self.window_s, require_v2=self.require_v2,
+                          host=hosts[0] if hosts else "")
         if verified.nonce is not None:
             redis = request.app.state.dispatcher.redis
             fresh = await redis.set(self.keys.nonce(verified.service_id, verified.nonce), b"1", nx=True,

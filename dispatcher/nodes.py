@@ -21,7 +21,7 @@ NPU_ROLE = "npu-worker"
 
 
 class Detection(BaseModel):
-    status: Literal["pending", "ok", "error"]
+    status: Literal["pending", "ok", "error", "not_configured"]
     error: str | None = None
     at: float | None = None
 
@@ -30,6 +30,8 @@ class Node(BaseModel):
     id: str
     name: str
     address: str | None = Field(None, description="Base URL of the node's facade, for capability probes.")
+    legacy_signing: bool = Field(False, description="The node's facade accepts only v1 signatures: detection "
+                                 "signs v1 for it (replayable within the window) instead of host-bound v2.")
     roles: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
     created: float = Field(default_factory=time.time)

@@ -25,6 +25,7 @@ class NodeCreate(BaseModel):
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Default: made from the name.")
     name: str = Field(min_length=1, max_length=128)
     address: str | None = Field(None, pattern=r"^https?://", description="Base URL of the node's facade.")
+    legacy_signing: bool = Field(False, description="Its facade accepts only v1 signatures (detection signs v1).")
     roles: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -33,6 +34,7 @@ class NodeUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, min_length=1, max_length=128)
     address: str | None = Field(None, pattern=r"^https?://")
+    legacy_signing: bool | None = None
     roles: list[str] | None = None
     labels: dict[str, str] | None = None
 
@@ -44,7 +46,8 @@ async def list_nodes(fleet: Fleet, role: Annotated[str | None, Query()] = None) 
 
 @router.post("/api/fleet/nodes", status_code=201, dependencies=Admin, responses={409: {"description": "Exists"}})
 async def add_node(body: NodeCreate, fleet: Fleet) -> dict[str, Any]:
-    return await fleet.add(body.name, body.id, body.address, body.roles, body.labels)
+    return await fleet.add(body.name, body.id, body.address, body.roles, body.labels,
+                           legacy_signing=body.legacy_signing)
 
 
 @router.patch("/api/fleet/nodes/{node_id}", dependencies=Admin)

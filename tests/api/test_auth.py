@@ -195,7 +195,7 @@ def test_a_rotated_key_is_accepted_alongside_the_new_one(app_settings: Settings)
 
 
 def test_v2_replay_is_refused_and_the_nonce_kept_for_the_window(client: TestClient, app_settings: Settings) -> None:
-    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", v2=True)
+    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", v2=True, host="testserver")
     assert client.get("/models", headers=headers).status_code == 200
     assert_refused(client.get("/models", headers=headers), "invalid credentials")
     ttl = app_settings.redis().ttl(Keys(app_settings.key_prefix).nonce(SERVICE_ID, headers[HEADER_NONCE]))
@@ -204,12 +204,12 @@ def test_v2_replay_is_refused_and_the_nonce_kept_for_the_window(client: TestClie
 
 def test_v2_tampered_body_or_query_is_refused(client: TestClient) -> None:
     body = b'{"texts": ["hi"], "model": "all-minilm-l6-v2"}'
-    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "POST", "/embeddings", body=body, v2=True)
+    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "POST", "/embeddings", body=body, v2=True, host="testserver")
     assert_refused(client.post("/embeddings", content=body.replace(b"hi", b"ho"), headers={**headers, **JSON}),
                    "invalid credentials")
-    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", query="verbose=0", v2=True)
+    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", query="verbose=0", v2=True, host="testserver")
     assert_refused(client.get("/models?verbose=1", headers=headers), "invalid credentials")
-    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", query="verbose=0", v2=True)
+    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", query="verbose=0", v2=True, host="testserver")
     assert client.get("/models?verbose=0", headers=headers).status_code == 200
 
 
@@ -250,7 +250,8 @@ def test_header_override_attempts_get_nothing(client: TestClient) -> None:
 
 def test_a_signed_caller_still_hears_what_is_wrong_with_a_broken_body(client: TestClient) -> None:
     body = b'{"texts": ['
-    headers = {**sign_headers(SERVICE_ID, SERVICE_KEY, "POST", "/embeddings", body=body, v2=True), **JSON}
+    headers = {**sign_headers(SERVICE_ID, SERVICE_KEY, "POST", "/embeddings", body=body, v2=True, host="testserver"),
+               **JSON}
     response = client.post("/embeddings", content=body, headers=headers)
     assert response.status_code == 422 and response.json()["error"] == "invalid_request"
     assert_refused(client.post("/embeddings", content=body, headers=headers), "invalid credentials")  # replay
