@@ -36,6 +36,7 @@ from starlette.responses import Response
 
 from dispatcher.credentials import accepted
 from dispatcher.errors import ForbiddenError, UnauthorizedError
+from dispatcher.limits import check_json_text
 from dispatcher.protocol import Keys
 from dispatcher.settings import Settings
 from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, raw_path, verify, verify_headers
@@ -198,7 +199,7 @@ class AuthenticatedRoute(APIRoute):
             principal = await authenticate(request)
             for roles in needed:
                 _permit(request, principal, roles)
-            await request.body()  # now, under the cap; FastAPI's own read then finds it
+            check_json_text(await request.body())  # read now, under the cap; FastAPI's own read finds it
             return await handler(request)
 
         return credentials_first
