@@ -13,7 +13,7 @@ from typing import Any, Literal
 import orjson
 import redis
 import redis.asyncio as aredis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .protocol import Keys
 
@@ -45,6 +45,7 @@ class Node(BaseModel):
 
 
 class LoadBalancing(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)  # an unknown key is a mistake to name, not to drop
     strategy: Literal["round-robin", "least-loaded", "model-affinity"] = "least-loaded"
     modelAffinity: dict[str, list[str]] = Field(default_factory=dict)  # noqa: N815 (the seed's name)
 

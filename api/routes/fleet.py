@@ -21,7 +21,7 @@ Admin = [Depends(require_admin)]
 
 
 class NodeCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Default: made from the name.")
     name: str = Field(min_length=1, max_length=128)
     address: str | None = Field(None, pattern=r"^https?://", description="Base URL of the node's facade.")
@@ -31,7 +31,7 @@ class NodeCreate(BaseModel):
 
 
 class NodeUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str | None = Field(None, min_length=1, max_length=128)
     address: str | None = Field(None, pattern=r"^https?://")
     legacy_signing: bool | None = None

@@ -25,38 +25,47 @@ from .. import metrics
 from ..auth import RESPONSES, AuthenticatedRoute, require_inference, require_models
 from ..deps import Dispatcher
 from ..responses import ORJSONResponse
-from ..schemas import Deadline, OpenAIErrorResponse
+from ..schemas import Deadline, JsonInt, OpenAIErrorResponse
 
 # The openai client sends `Authorization: Bearer <api_key>`: an app key (NPU_API_KEYS), or an admin token.
 router = APIRouter(route_class=AuthenticatedRoute, prefix="/v1", tags=["openai"], responses=RESPONSES)
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse} for code in (404, 413, 422, 429, 503)}
 
 
+# Strict, like the facade's own bodies: `"stream": "yes"` or `"max_tokens": "3"` is refused, not coerced,
+# and an option this API does not implement (top_p, stop, tools, ...) is refused by name rather than
+# silently ignored. `user` is accepted: OpenAI's end-user id, metadata that changes no answer.
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI options (user, ...) are accepted and ignored
+    model_config = STRICT
     input: str | list[str] = Field(description="A text or a list of texts (token arrays are not accepted).")
     model: str
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, description="Must equal the model's dimension if given.")
+    dimensions: JsonInt | None = Field(None, description="Must equal the model's dimension if given.")
+    user: str | None = Field(None, description="OpenAI's end-user id: accepted, changes nothing.")
     deadline_s: Deadline = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     role: Role
     content: str
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: JsonInt | None = None
+    max_completion_tokens: JsonInt | None = Field(None, description="OpenAI's current name for max_tokens; "
+                                                  "wins over it when both are given.")
     temperature: float | None = None
     deadline_s: Deadline = Field(None, description="Ours (the openai client: `extra_body`): see `/inference`.")
     stream: bool = False
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+    n: JsonInt = Field(1, ge=1, le=1, description="Only one choice per request.")
+    user: str | None = Field(None, description="OpenAI's end-user id: accepted, changes nothing.")
 
 
 @router.post("/embeddings", dependencies=[Depends(require_inference)], responses=ERRORS)
