@@ -151,7 +151,9 @@ def _status_table(settings: Settings) -> Any:
     from dispatcher.fleet import by_model
 
     beats = asyncio.run(_live_beats(settings))
-    table = Table(title=f"npu-worker: {len(beats)} live worker(s) on {settings.redis_address} "
+    from .redis_server import redacted
+
+    table = Table(title=f"npu-worker: {len(beats)} live worker(s) on {redacted(settings.redis_address)} "
                         f"(prefix {settings.key_prefix})")
     for column in ("worker", "node", "models (device)", "queued i/b", "running", "util %", "busy %", "jobs", "seen"):
         table.add_column(column, justify="right" if column in ("running", "util %", "busy %", "jobs") else "left")
@@ -303,8 +305,9 @@ def up(
     import uvicorn
 
     from api.app import server_options
+    from dispatcher.credentials import private_dir
 
-    from .redis_server import EmbeddedRedis
+    from .redis_server import EmbeddedRedis, write_private
 
     settings = get_settings()
     _logging(settings)
@@ -313,13 +316,16 @@ def up(
     _credentials(settings, host, port)
     embedded = None
     if not settings.redis_url:
+        private_dir(settings.state_dir)
         (settings.state_dir / "redis.url").unlink(missing_ok=True)  # a stale one from a killed `up`
         embedded = EmbeddedRedis(settings.state_dir / "redis").start()
-        os.environ["REDIS_URL"] = embedded.url
-        # Other tools (rq info, a backend on this host) find the embedded Redis here.
-        (settings.state_dir / "redis.url").write_text(embedded.url + "\n")
+        os.environ["REDIS_URL"] = embedded.url  # with its password: every process `up` starts inherits it
+        # Other tools (`status`, rq info, a backend of this user) find the embedded Redis, password included,
+        # here; 0600, like the password file itself.
+        write_private(settings.state_dir / "redis.url", embedded.url + "\n")
         get_settings.cache_clear()
-        console.print(f"embedded redis at {embedded.url} (data in {embedded.directory})")
+        console.print(f"embedded redis at 127.0.0.1:{embedded.port}, password in {embedded.directory / 'password'} "
+                  f"(URL in {settings.state_dir / 'redis.url'}; data in {embedded.directory})")
     count = settings.workers if workers is None else workers
     supervisor = _Supervisor(count)
     supervisor.start()
