@@ -60,6 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # schema behind read access instead.
     app = FastAPI(title="npu-worker", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
                   openapi_url=None, docs_url=None, redoc_url=None,
+                  # Starlette's slash redirects build an absolute URL from the Host header: a caller's Host
+                  # would choose where the answer sends the next one. A path is served as written, or 404.
+                  redirect_slashes=False,
                   description="Embeddings and generation on local accelerators through OpenVINO workers, "
                               "with a cloud fallback. Every endpoint but `/livez` (and the operator page's static "
                               "files) needs a service signature or an operator token.")
