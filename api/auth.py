@@ -73,6 +73,7 @@ class Authenticator:
         self.accepted = accepted(settings)
         self.window_s = settings.auth_window_s
         self.require_v2 = settings.auth_require_v2
+        self.hosts = {h.lower() for h in settings.auth_hosts}
         self.keys = Keys(settings.key_prefix)
         # Compared as digests: equal lengths, so the comparison time says nothing about a token's length.
         self._admin = [_digest(t) for t in self.accepted.admin_tokens]
@@ -100,6 +101,8 @@ class Authenticator:
         path = raw_path(request.scope.get("raw_path") or request.scope["path"].encode("latin-1"))
         if HEADER_NONCE in headers:  # the cheap checks first: the body is read for a plausible v2 caller only
             verify_headers(headers, window_s=self.window_s)
+            if self.hosts and (hosts[0].lower() if hosts else "") not in self.hosts:
+                raise UnauthorizedError(UnauthorizedError.INVALID, "other_host")
         body = await request.body() if HEADER_NONCE in headers else b""
         verified = verify(headers, request.method, path, request.scope.get("query_string", b""), body,
                           self.accepted.service_keys, window_s=self.window_s, require_v2=self.require_v2,

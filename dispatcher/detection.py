@@ -5,9 +5,13 @@ node as such: capabilities are only ever what a node reported, never defaults.
 
 Signed v2, which binds the target host: the address an admin registered may be anyone's, and the
 headers sent there must be worth nothing against another facade (v1 headers would be accepted by every
-facade that knows our key for the whole window). v1 only for a node marked `legacy_signing` (a facade
-that accepts nothing else). A facade without a signing identity of its own records detection as
-`not_configured`, and what is stored for viewers is a short reason of ours, never the remote's text.
+facade that knows our key for the whole window). A replayer chooses the Host header it sends, so what
+refuses the replay is a facade that knows its own names: with `NPU_AUTH_HOSTS` set, a v2 signature made
+for any other host is refused. (The nonce cannot be spent here before sending: the nodes detection calls
+usually share this Redis, and the one it was meant for would then refuse it.) v1 only for a node marked
+`legacy_signing` (a facade that accepts nothing else). A facade without a signing identity of its own
+records detection as `not_configured`, and what is stored for viewers is a short reason of ours, never
+the remote's text.
 """
 
 from __future__ import annotations

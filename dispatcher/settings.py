@@ -109,6 +109,9 @@ class Settings(BaseSettings):
                                            "service_keys (read at start).")
     auth_require_v2: bool = Field(False, description="Refuse v1 (seed) signatures: only v2, which also "
                                   "signs query, nonce and body.")
+    auth_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host header values (`name` or `name:port`) a v2 signature may be made "
+        "for: a signature made for another server is refused here. Empty: any host.")
     auth_window_s: int = Field(300, ge=1, le=3600, description="Largest clock difference a signature may "
                                "have; v2 nonces are remembered this long.")
     admin_tokens: Annotated[list[SecretStr], NoDecode] = Field(
@@ -151,7 +154,8 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
-    @field_validator("admin_tokens", "viewer_tokens", "api_keys", "trusted_proxies", mode="before")
+    @field_validator("admin_tokens", "viewer_tokens", "api_keys", "trusted_proxies", "auth_hosts",
+                     mode="before")
     @classmethod
     def _token_list(cls, value: Any) -> Any:
         """A JSON list, or the comma-separated form that is easier to write in a compose file."""
