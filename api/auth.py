@@ -143,7 +143,8 @@ def _refused(request: Request, reason: str, who: str) -> None:
     """Counted and logged with the precise cause; never a signature, key or token."""
     AUTH_FAILURES.labels(reason=reason).inc()
     client = request.client.host if request.client else "-"
-    log.warning("auth refused %s %s: %s (caller %s, from %s)", request.method, request.url.path, reason,
+    # scope["path"], the routed path: `request.url.path` goes through urlsplit, which drops newlines and tabs
+    log.warning("auth refused %s %s: %s (caller %s, from %s)", request.method, request.scope["path"], reason,
                 who[:64], client)
 
 
