@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from redis.exceptions import RedisError
@@ -16,7 +17,7 @@ from dispatcher.settings import Settings, get_settings
 
 from . import errors
 from .auth import Authenticator
-from .middleware import AccessLogMiddleware, RequestIdMiddleware
+from .middleware import AccessLogMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
 from .routes import embeddings, fleet, health, inference, liveness, metrics, models, openai, schema, ui, whoami
@@ -32,6 +33,15 @@ async def _sample_history(fleet: Fleet) -> None:
         except RedisError as exc:
             log.debug("history sample skipped: %s", exc)
         await asyncio.sleep(fleet.settings.history_interval_s)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options every way of serving the facade passes: X-Forwarded-For (the caller's address in
+    logs) is believed only from NPU_TRUSTED_PROXIES; uvicorn's own default trusts 127.0.0.1, which would
+    let any local process write the address our logs report."""
+    trusted = settings.trusted_proxies
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": ",".join(trusted) if trusted else None,
+            "server_header": False}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,6 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # schema behind read access instead.
     app = FastAPI(title="npu-worker", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
                   openapi_url=None, docs_url=None, redoc_url=None,
+                  # Starlette's slash redirects build an absolute URL from the Host header: a caller's Host
+                  # would choose where the answer sends the next one. A path is served as written, or 404.
+                  redirect_slashes=False,
                   description="Embeddings and generation on local accelerators through OpenVINO workers, "
                               "with a cloud fallback. Every endpoint but `/livez`, `/readyz` (and the operator page's "
                               "static files) needs a service signature or an operator token.")
@@ -61,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router(settings))
     document_limits(app, settings)
     app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so the access line has the request id
     errors.install(app)
     return app

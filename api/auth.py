@@ -7,10 +7,19 @@ table, which the tests walk. A route that is meant to be open says so with `publ
 files, the old settings URL's redirect), which hold no
 data and no secret; the page asks for an operator token and reads everything through the protected API.
 
-A caller is a service (valid `X-Service-*` signature) or an operator (`Authorization: Bearer` token).
-Roles: a service may call inference and read; a viewer may only read; an admin may do everything.
+A caller is a service (valid `X-Service-*` signature), an operator or an application (`Authorization:
+Bearer` token). Roles: a service may call inference and read; a viewer may only read; an admin may do
+everything; an app key may run inference and list models, nothing else: it is what an application using
+the official `openai` client holds (that client sends a bearer token, it cannot sign), so such an
+application needs neither the admin token nor a view of the fleet.
 Viewers may not run inference: reading status should not spend the accelerator or reach the cloud.
 A request that carries any `X-Service-*` header is judged by its signature alone, never by a token too.
+
+Credentials come before the body: FastAPI reads and parses a body before it runs a route's dependencies,
+so every router is built with `route_class=AuthenticatedRoute`, which runs the route's own requirements
+(the same ones it declares as dependencies, found in its dependency tree: no path list) before anything
+reads the body. A stranger hears 401 without a byte of the body read or parsed; a caller who may call the
+route then has its body read, capped as it streams in (`api/middleware.py`, 413).
 """
 
 from __future__ import annotations
@@ -20,22 +29,25 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
 
 from dispatcher.credentials import accepted
 from dispatcher.errors import ForbiddenError, UnauthorizedError
+from dispatcher.limits import check_json_text
 from dispatcher.protocol import Keys
 from dispatcher.settings import Settings
-from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, verify
+from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, raw_path, verify, verify_headers
 
 from .metrics import AUTH_FAILURES
 from .schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 
-Role = Literal["service", "viewer", "admin"]
+Role = Literal["service", "viewer", "admin", "app"]
 
 RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorResponse, "description": "missing credentials, expired signature or invalid credentials"},
@@ -62,10 +74,12 @@ class Authenticator:
         self.accepted = accepted(settings)
         self.window_s = settings.auth_window_s
         self.require_v2 = settings.auth_require_v2
+        self.hosts = {h.lower() for h in settings.auth_hosts}
         self.keys = Keys(settings.key_prefix)
         # Compared as digests: equal lengths, so the comparison time says nothing about a token's length.
         self._admin = [_digest(t) for t in self.accepted.admin_tokens]
         self._viewer = [_digest(t) for t in self.accepted.viewer_tokens]
+        self._app = [_digest(t) for t in self.accepted.app_keys]
         log.info("auth: accepting %s%s", self.accepted.summary(), "; v2 signatures only" if self.require_v2 else "")
 
     async def authenticate(self, request: Request) -> Principal:
@@ -81,9 +95,19 @@ class Authenticator:
                 raise UnauthorizedError(UnauthorizedError.INVALID, "duplicate_header")
             if values:
                 headers[name] = values[0]
+        hosts = request.headers.getlist("host")
+        if len(hosts) > 1:
+            raise UnauthorizedError(UnauthorizedError.INVALID, "duplicate_header")
+        # The raw path as sent (percent-encoding kept), not the decoded one: see dispatcher/signing.py.
+        path = raw_path(request.scope.get("raw_path") or request.scope["path"].encode("latin-1"))
+        if HEADER_NONCE in headers:  # the cheap checks first: the body is read for a plausible v2 caller only
+            verify_headers(headers, window_s=self.window_s)
+            if self.hosts and (hosts[0].lower() if hosts else "") not in self.hosts:
+                raise UnauthorizedError(UnauthorizedError.INVALID, "other_host")
         body = await request.body() if HEADER_NONCE in headers else b""
-        verified = verify(headers, request.method, request.url.path, request.scope.get("query_string", b""), body,
-                          self.accepted.service_keys, window_s=self.window_s, require_v2=self.require_v2)
+        verified = verify(headers, request.method, path, request.scope.get("query_string", b""), body,
+                          self.accepted.service_keys, window_s=self.window_s, require_v2=self.require_v2,
+                          host=hosts[0] if hosts else "")
         if verified.nonce is not None:
             redis = request.app.state.dispatcher.redis
             fresh = await redis.set(self.keys.nonce(verified.service_id, verified.nonce), b"1", nx=True,
@@ -100,15 +124,19 @@ class Authenticator:
         if len(values) > 1 or scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_authorization")
         digest = _digest(token.strip())
-        admin = viewer = False
+        admin = viewer = app = False
         for known in self._admin:  # no early exit: timing does not tell which token (or role) matched
             admin |= hmac.compare_digest(digest, known)
         for known in self._viewer:
             viewer |= hmac.compare_digest(digest, known)
+        for known in self._app:
+            app |= hmac.compare_digest(digest, known)
         if admin:
             return Principal("admin", "admin")
         if viewer:
             return Principal("viewer", "viewer")
+        if app:
+            return Principal("app", "app")
         raise UnauthorizedError(UnauthorizedError.INVALID, "bad_token")
 
 
@@ -116,12 +144,17 @@ def _refused(request: Request, reason: str, who: str) -> None:
     """Counted and logged with the precise cause; never a signature, key or token."""
     AUTH_FAILURES.labels(reason=reason).inc()
     client = request.client.host if request.client else "-"
-    log.warning("auth refused %s %s: %s (caller %s, from %s)", request.method, request.url.path, reason,
+    # scope["path"], the routed path: `request.url.path` goes through urlsplit, which drops newlines and tabs
+    log.warning("auth refused %s %s: %s (caller %s, from %s)", request.method, request.scope["path"], reason,
                 who[:64], client)
 
 
 async def authenticate(request: Request) -> Principal:
-    """The caller, verified once per request (FastAPI caches it across the dependencies that ask)."""
+    """The caller, verified once per request: by `AuthenticatedRoute` before the body, then kept (a v2
+    nonce must be spent once, and FastAPI's dependency cache does not reach outside the dependencies)."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
     try:
         principal = await request.app.state.auth.authenticate(request)
     except UnauthorizedError as exc:
@@ -131,20 +164,57 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
+def _permit(request: Request, principal: Principal, roles: frozenset[Role]) -> None:
+    if principal.role not in roles:
+        _refused(request, "forbidden", f"{principal.role}:{principal.name}")
+        raise ForbiddenError(f"the {principal.role} role may not call this endpoint")
+
+
 def _requirement(name: str, roles: frozenset[Role]) -> Callable[..., Awaitable[Principal]]:
     async def requirement(request: Request, principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if principal.role not in roles:
-            _refused(request, "forbidden", f"{principal.role}:{principal.name}")
-            raise ForbiddenError(f"the {principal.role} role may not call this endpoint")
+        _permit(request, principal, roles)
         return principal
 
     requirement.__name__ = requirement.__qualname__ = name
+    setattr(requirement, "roles", roles)  # read by AuthenticatedRoute  # noqa: B010
     return requirement
+
+
+def requirements(dependant: Any) -> list[frozenset[Role]]:
+    """The role sets a route's dependency tree asks for (router- and route-level alike)."""
+    found = []
+    for sub in dependant.dependencies:
+        roles = getattr(sub.call, "roles", None)
+        if roles is not None:
+            found.append(roles)
+        found.extend(requirements(sub))
+    return found
+
+
+class AuthenticatedRoute(APIRoute):
+    """A route that checks its declared requirements before its body is read (see the module's text)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+        needed = requirements(self.dependant)
+        if not needed:
+            return handler  # `public`: takes no body
+
+        async def credentials_first(request: Request) -> Response:
+            principal = await authenticate(request)
+            for roles in needed:
+                _permit(request, principal, roles)
+            check_json_text(await request.body())  # read now, under the cap; FastAPI's own read finds it
+            return await handler(request)
+
+        return credentials_first
 
 
 require_read = _requirement("require_read", frozenset({"service", "viewer", "admin"}))
 """Status and listings: health, models, metrics, the API schema."""
-require_inference = _requirement("require_inference", frozenset({"service", "admin"}))
+require_models = _requirement("require_models", frozenset({"service", "viewer", "admin", "app"}))
+"""The model lists (`/models`, `/v1/models`): readers, and apps, which pick a model from them."""
+require_inference = _requirement("require_inference", frozenset({"service", "admin", "app"}))
 """Work on the accelerators (or the cloud): embeddings, generation."""
 require_admin = _requirement("require_admin", frozenset({"admin"}))
 """Changes: role assignment, load-balancing, model load/unload."""

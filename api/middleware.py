@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+from dispatcher.errors import ErrorCode, InputTooLargeError
 from dispatcher.logs import access, request_id
 
 access_log = logging.getLogger("npu.access")
@@ -82,3 +83,42 @@ class AccessLogMiddleware:
             access_log.info("%s %s %s %.1fms rid=%s caller=%s model=%s source=%s", entry["method"], entry["route"],
                             status, entry["duration_ms"], entry["request_id"], entry["caller"],
                             entry["model"] or "-", entry["source"] or "-", extra={"access": entry})
+
+
+class BodyLimitMiddleware:
+    """Caps a request body while it streams in: the read that would pass `max_bytes` (or the first read,
+    when Content-Length already says so) raises 413 `body_too_large`, so nothing larger is ever buffered.
+
+    Only a cap, no policy: it acts when someone reads the body, and `api.auth.AuthenticatedRoute` reads
+    it only after the caller's credentials and role passed, so a stranger hears 401 whatever the size.
+    (Starlette's RequestBodyLimitMiddleware would also turn that 401 into a plain-text 413 whenever
+    Content-Length is too large: the stranger would learn about the cap before the credentials.)
+    """
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    def _too_large(self) -> InputTooLargeError:
+        return InputTooLargeError(f"the request body is over {self.max_bytes} bytes",
+                                  code=ErrorCode.BODY_TOO_LARGE, limit=self.max_bytes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        over = declared.isdigit() and int(declared) > self.max_bytes
+        received = 0
+
+        async def capped() -> dict[str, Any]:
+            nonlocal received
+            if over:
+                raise self._too_large()
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, capped, send)

@@ -1,9 +1,10 @@
 """Where service keys and operator tokens come from: the settings, a keys file, or a generated local set.
 
 With nothing configured, `npu-worker up` / `serve` generate one set (`credentials.json` in the state
-directory, mode 0600): the facade is never open by default, and on the same machine `npu-worker call`
-and `ServiceHTTPClient` find the key without any configuration. As soon as anything is configured the
-generated file is ignored, so an operator's configuration is the whole truth.
+directory, mode 0600: a service key, an admin token and an app key): the facade is never open by default,
+on the same machine `npu-worker call` and `ServiceHTTPClient` find the key without any configuration, and
+an application using the official `openai` client has an app key rather than the admin token. As soon as
+anything is configured the generated file is ignored, so an operator's configuration is the whole truth.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ class Accepted:
     admin_tokens: tuple[str, ...] = field(repr=False)
     viewer_tokens: tuple[str, ...] = field(repr=False)
     source: str
+    app_keys: tuple[str, ...] = field(default=(), repr=False)
+    """Bearer tokens of applications: inference and model lists only."""
 
     def summary(self) -> str:
         """For the start-up log: counts and names, never a secret."""
         return (f"{len(self.service_keys)} service(s) ({', '.join(sorted(self.service_keys)) or 'none'}), "
-                f"{len(self.admin_tokens)} admin and {len(self.viewer_tokens)} viewer token(s), from {self.source}")
+                f"{len(self.admin_tokens)} admin and {len(self.viewer_tokens)} viewer token(s), "
+                f"{len(self.app_keys)} app key(s), from {self.source}")
 
 
 def credentials_path(settings: Settings) -> Path:
@@ -50,7 +54,7 @@ def credentials_path(settings: Settings) -> Path:
 def configured(settings: Settings) -> bool:
     """Whether the operator configured any accepted credential (then nothing is generated or read)."""
     return bool(settings.service_keys or settings.service_keys_file or settings.admin_tokens
-                or settings.viewer_tokens)
+                or settings.viewer_tokens or settings.api_keys)
 
 
 def _secret(value: Any) -> Any:
@@ -88,28 +92,44 @@ def ensure_generated(settings: Settings) -> Path | None:
     """With nothing configured, create the local set once and reuse it on later starts.
 
     Written to a private temporary file and hard-linked into place, so a concurrent start never sees a
-    half-written file and never replaces one already in use. Returns its path, or None when configured.
+    half-written file and never replaces one already in use. A file from before app keys gains one (its
+    other secrets kept). Returns its path, or None when configured.
     """
     if configured(settings):
         return None
     path = credentials_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     if not path.exists():
-        data = {"service_id": LOCAL_SERVICE_ID, "service_key": secrets.token_hex(32),
-                "admin_token": secrets.token_urlsafe(32)}
-        tmp = path.with_name(f".{FILE_NAME}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2)
-                f.write("\n")
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another start won the race: use its file
-        finally:
-            tmp.unlink(missing_ok=True)
-    _read_generated(path)
+        _write(path, {"service_id": LOCAL_SERVICE_ID, "service_key": secrets.token_hex(32),
+                      "admin_token": secrets.token_urlsafe(32), "app_key": secrets.token_urlsafe(32)})
+    data = _read_generated(path)
+    if not data.get("app_key"):
+        _write(path, {**data, "app_key": secrets.token_urlsafe(32)}, replace=True)
     return path
+
+
+def private_dir(directory: Path) -> None:
+    """The state directory: created, and kept, readable by its owner only (0700)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if directory.stat().st_mode & 0o077:
+        directory.chmod(0o700)
+
+
+def _write(path: Path, data: dict[str, str], replace: bool = False) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        pass  # another start won the race: use its file
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def accepted(settings: Settings) -> Accepted:
@@ -121,7 +141,8 @@ def accepted(settings: Settings) -> Accepted:
                 f"no service keys or operator tokens configured and no {path}: set NPU_SERVICE_KEYS and/or "
                 "NPU_ADMIN_TOKENS, or start with `npu-worker up` / `npu-worker serve`, which generate it")
         data = _read_generated(path)
-        return Accepted({data["service_id"]: (data["service_key"],)}, (data["admin_token"],), (), str(path))
+        return Accepted({data["service_id"]: (data["service_key"],)}, (data["admin_token"],), (), str(path),
+                        (data["app_key"],) if data.get("app_key") else ())
     keys = _key_map(settings.service_keys, "NPU_SERVICE_KEYS")
     if settings.service_keys_file:
         try:
@@ -132,9 +153,10 @@ def accepted(settings: Settings) -> Accepted:
             keys[service_id] = keys.get(service_id, ()) + values
     admin = tuple(t.get_secret_value() for t in settings.admin_tokens)
     viewer = tuple(t.get_secret_value() for t in settings.viewer_tokens)
-    if not all(admin + viewer):
-        raise AuthConfigError("operator tokens must not be empty")
-    return Accepted(keys, admin, viewer, "settings")
+    apps = tuple(t.get_secret_value() for t in settings.api_keys)
+    if not all(admin + viewer + apps):
+        raise AuthConfigError("operator tokens and app keys must not be empty")
+    return Accepted(keys, admin, viewer, "settings", apps)
 
 
 def outbound_identity(settings: Settings) -> tuple[str, str]:

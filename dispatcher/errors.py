@@ -26,6 +26,7 @@ class ErrorCode(str, Enum):
     TOO_MANY_TEXTS = "too_many_texts"
     TOO_MANY_MESSAGES = "too_many_messages"
     INPUT_TOO_LARGE = "input_too_large"
+    BODY_TOO_LARGE = "body_too_large"
     INPUT_TOO_LONG = "input_too_long"
     TOO_MANY_TOKENS = "too_many_tokens"
     UNKNOWN_MODEL = "unknown_model"

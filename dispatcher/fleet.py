@@ -164,6 +164,7 @@ class Fleet:
         load = Load.of(beats)
         return {
             "id": node.id, "name": node.name, "address": node.address, "roles": node.roles, "labels": node.labels,
+            "legacy_signing": node.legacy_signing,
             "created": iso(node.created), "updated": iso(node.updated), "status": "online" if beats else "offline",
             "workers": load.workers, "deviceType": load.device_type, "loadedModels": load.loaded_models,
             "utilization": load.utilization, "queueDepth": load.queued,
@@ -186,12 +187,14 @@ class Fleet:
         return [v for v in views if role is None or role in v["roles"]]
 
     async def add(self, name: str, node_id: str | None = None, address: str | None = None,
-                  roles: list[str] | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+                  roles: list[str] | None = None, labels: dict[str, str] | None = None, *,
+                  legacy_signing: bool = False) -> dict[str, Any]:
         """A new node; given the npu-worker role, its capabilities are detected at once."""
         node_id = node_id or node_id_from(name)
         if await self.store.get(node_id):
             raise ConflictError(f"node {node_id!r} exists")
-        node = Node(id=node_id, name=name, address=address, roles=sorted(set(roles or [])), labels=labels or {})
+        node = Node(id=node_id, name=name, address=address, roles=sorted(set(roles or [])), labels=labels or {},
+                    legacy_signing=legacy_signing)
         if NPU_ROLE in node.roles:
             node = await detect(node, self.settings)
         return await self._saved_view(node)
@@ -203,7 +206,7 @@ class Fleet:
         gains_role = roles is not None and NPU_ROLE in roles and NPU_ROLE not in node.roles
         for name, value in changes.items():
             setattr(node, name, sorted(set(value)) if name == "roles" else value)
-        if gains_role or ("address" in changes and NPU_ROLE in node.roles):
+        if gains_role or (("address" in changes or "legacy_signing" in changes) and NPU_ROLE in node.roles):
             node = await detect(node, self.settings)
         return await self._saved_view(node)
 

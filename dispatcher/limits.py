@@ -3,11 +3,17 @@ enqueued, and the JSON Schema fragments the facade's OpenAPI document states, bo
 
 Counts and characters only: token limits need the model's tokenizer, so the worker enforces them.
 A check refuses with a stable code: 413 for input over a size limit, 422 for input no model can take.
+
+Text must be text: a lone UTF-16 surrogate (JSON's `"\ud800"`) decodes to a Python string that no
+encoder takes (msgpack, Redis, a tokenizer), so it is refused here, 422, rather than failing later as a
+500. NUL and other control characters are valid text and pass.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -24,6 +30,44 @@ _NOT_BLANK = re.compile(NOT_BLANK)
 Role = Literal["system", "user", "assistant"]
 """Who speaks in a chat message."""
 ROLES: tuple[str, ...] = get_args(Role)
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+"""In a JSON body, the only way to write a surrogate (raw UTF-8 cannot encode one)."""
+
+
+def check_text(value: str, where: str) -> None:
+    """Refuses a string no encoder takes: one holding a lone surrogate."""
+    if _SURROGATE.search(value):
+        where = where.encode("utf-8", "backslashreplace").decode()  # a key may hold one too: never echo it raw
+        raise InvalidInputError(f"{where} is not valid text: it holds a lone UTF-16 surrogate", field=where)
+
+
+def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield f"{where}.{key}" if where else str(key), str(key)
+            yield from _strings(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{where}.{i}" if where else str(i))
+
+
+def check_json_text(body: bytes) -> None:
+    """Every string of a JSON body, keys included, is valid text (the facade checks each body once, before
+    its fields are parsed, so no field, however little it matters, fails later on a surrogate). Cheap
+    when there is no surrogate escape; a body that is not JSON is left to the parser's own error."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return
+    for where, value in _strings(data, ""):
+        check_text(value, where or "body")
+
 
 TEMPERATURE: tuple[float, float] = (0, 2)
 """Sampling temperature a generation may ask for (OpenAI's range); fixed, not a setting."""
@@ -55,6 +99,7 @@ class Limits:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not _NOT_BLANK.search(text):
                 raise InvalidInputError(f"texts[{i}] must be a non-empty string", index=i)
+            check_text(text, f"texts[{i}]")
             if len(text) > self.max_text_chars:
                 raise InputTooLargeError(
                     f"texts[{i}] has {len(text)} characters; the limit is {self.max_text_chars}",
@@ -75,10 +120,13 @@ class Limits:
             if not all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
                        for m in prompt):
                 raise InvalidInputError(shape)
+            for i, m in enumerate(prompt):
+                check_text(m["content"], f"messages[{i}].content")
             chars = sum(len(m["content"]) for m in prompt)
             if not any(_NOT_BLANK.search(m["content"]) for m in prompt):
                 raise InvalidInputError("messages are all empty")
         elif isinstance(prompt, str) and _NOT_BLANK.search(prompt):
+            check_text(prompt, "prompt")
             chars = len(prompt)
         else:
             raise InvalidInputError("prompt must be a non-empty string")

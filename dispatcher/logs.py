@@ -2,6 +2,10 @@
 
 The facade takes `X-Request-ID` (or makes one), the dispatcher puts it in the job, the worker logs
 with it; `NPU_LOG_JSON=true` writes one JSON object per line for log collectors.
+
+Logged values often come from callers (a path, a header, a service id): control characters in a message
+are written escaped (`\\x1b`, `\\n`), so a caller can neither forge log lines nor send escape codes to an
+operator's terminal. Job payloads (texts, prompts) are never logged at INFO, rq's own job lines included.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -26,9 +31,20 @@ def note_access(**fields: Any) -> None:
         current.update(fields)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """Control characters (C0, DEL, C1, the Unicode line separators) as Python escapes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        message = record.getMessage()
+        if _CONTROL.search(message):  # rendered once, escaped; tracebacks (exc_info) keep their lines
+            record.msg, record.args = escape_controls(message), None
         return True
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import orjson
 import redis
 import redis.asyncio as aredis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .protocol import Keys
 
@@ -21,7 +21,7 @@ NPU_ROLE = "npu-worker"
 
 
 class Detection(BaseModel):
-    status: Literal["pending", "ok", "error"]
+    status: Literal["pending", "ok", "error", "not_configured"]
     error: str | None = None
     at: float | None = None
 
@@ -30,6 +30,8 @@ class Node(BaseModel):
     id: str
     name: str
     address: str | None = Field(None, description="Base URL of the node's facade, for capability probes.")
+    legacy_signing: bool = Field(False, description="The node's facade accepts only v1 signatures: detection "
+                                 "signs v1 for it (replayable within the window) instead of host-bound v2.")
     roles: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
     created: float = Field(default_factory=time.time)
@@ -43,6 +45,7 @@ class Node(BaseModel):
 
 
 class LoadBalancing(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)  # an unknown key is a mistake to name, not to drop
     strategy: Literal["round-robin", "least-loaded", "model-affinity"] = "least-loaded"
     modelAffinity: dict[str, list[str]] = Field(default_factory=dict)  # noqa: N815 (the seed's name)
 

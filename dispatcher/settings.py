@@ -126,6 +126,9 @@ class Settings(BaseSettings):
                                            "service_keys (read at start).")
     auth_require_v2: bool = Field(False, description="Refuse v1 (seed) signatures: only v2, which also "
                                   "signs query, nonce and body.")
+    auth_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host header values (`name` or `name:port`) a v2 signature may be made "
+        "for: a signature made for another server is refused here. Empty: any host.")
     auth_window_s: int = Field(300, ge=1, le=3600, description="Largest clock difference a signature may "
                                "have; v2 nonces are remembered this long.")
     admin_tokens: Annotated[list[SecretStr], NoDecode] = Field(
@@ -134,6 +137,9 @@ class Settings(BaseSettings):
     viewer_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Operator bearer tokens that may only read "
         "(JSON list or comma-separated).")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="App keys: bearer tokens that may run inference and list models, "
+        "nothing else (for the official `openai` client; JSON list or comma-separated).")
     service_id: str | None = Field(None, description="This process's identity when it signs outbound calls.")
     service_key: SecretStr | None = Field(None, description="Key it signs them with.")
 
@@ -150,6 +156,12 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=0, description="Worker processes `npu-worker up` starts.")
     api_workers: int = Field(1, ge=1, description="Facade processes serving the port (`up`, `serve`), for a node "
                              "where one facade process is the limit.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Addresses whose X-Forwarded-For / X-Forwarded-Proto the facade "
+        "believes (JSON list or comma-separated); empty: none, the caller's address is the peer's.")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body the facade "
+                                "reads (413 above, refused while it streams in). The default holds the "
+                                "largest request the input limits allow, even JSON-escaped.")
     log_level: str = "INFO"
     log_json: bool = Field(False, description="One JSON object per log line (with request ids).")
     metrics_public: bool = Field(False, description="Serve /metrics without credentials (for a scraper on a "
@@ -185,7 +197,8 @@ class Settings(BaseSettings):
         """Empty (a compose file's `${NPU_NODE_ID:-}`) means the default, the host name."""
         return socket.gethostname() if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("admin_tokens", "viewer_tokens", mode="before")
+    @field_validator("admin_tokens", "viewer_tokens", "api_keys", "trusted_proxies", "auth_hosts",
+                     mode="before")
     @classmethod
     def _token_list(cls, value: Any) -> Any:
         """A JSON list, or the comma-separated form that is easier to write in a compose file."""

@@ -4,15 +4,25 @@ v1, the seed's format, kept byte for byte because existing backends sign it:
 
     X-Service-Signature = hex HMAC-SHA256(key, "service_id:METHOD:path:timestamp")
 
-v2, ours, binds what v1 leaves open to tampering and replay (query, body, a one-time nonce):
+v2, ours, binds what v1 leaves open to tampering and replay (the target host, query, body, a one-time
+nonce):
 
-    hex HMAC-SHA256(key, "v2:service_id:METHOD:path:canonical_query:timestamp:nonce:sha256hex(body)")
+    hex HMAC-SHA256(key, "v2:service_id:METHOD:host:path:canonical_query:timestamp:nonce:sha256hex(body)")
 
-`path` is the URL path without the query, percent-decoded; `timestamp` is the X-Service-Timestamp header
+`path` is the URL path without the query exactly as sent on the request line (percent-encoding kept:
+`/a%20b` is signed as `/a%20b`), so a signature made for one path never runs another: decoding is a
+function, so one raw path routes to one path, and no two raw paths share a signature. `host` is the Host
+header as sent, lowercased (`facade.example:8081`): like AWS SigV4, a signature made for one server is
+refused by another, so a request signed to a node that turned out hostile cannot be replayed against
+ours (a proxy in front of a facade must pass Host through). `timestamp` is the X-Service-Timestamp header
 exactly as sent (integer unix seconds); `canonical_query` is the query's name=value pairs sorted and
 percent-encoded (RFC 3986 unreserved characters left as they are), empty when there is none. A request
 that carries X-Service-Nonce is a v2 request. The "v2:" prefix keeps a v2 signature from ever verifying
 as v1, so stripping the nonce header cannot downgrade a request.
+
+v1 binds neither host, query, body nor a nonce: a v1 request seen by anyone (a log, a proxy, a node it
+was sent to) can be replayed, to any facade that trusts the key, until its timestamp leaves the window.
+`NPU_AUTH_REQUIRE_V2=true` refuses it.
 """
 
 from __future__ import annotations
@@ -64,9 +74,14 @@ def v1_message(service_id: str, method: str, path: str, timestamp: str) -> str:
 
 
 def v2_message(service_id: str, method: str, path: str, query: str | bytes, timestamp: str, nonce: str,
-               body: bytes) -> str:
-    return (f"v2:{service_id}:{method.upper()}:{path}:{canonical_query(query)}:{timestamp}:{nonce}:"
+               body: bytes, host: str = "") -> str:
+    return (f"v2:{service_id}:{method.upper()}:{host.lower()}:{path}:{canonical_query(query)}:{timestamp}:{nonce}:"
             f"{body_digest(body)}")
+
+
+def raw_path(raw: bytes) -> str:
+    """The signed path of a request target as sent: without the query, percent-encoding kept."""
+    return raw.split(b"?", 1)[0].decode("latin-1")
 
 
 def hmac_hex(key: str, message: str) -> str:
@@ -75,14 +90,15 @@ def hmac_hex(key: str, message: str) -> str:
 
 def sign_headers(service_id: str, key: str, method: str, path: str, *, query: str | bytes = b"",
                  body: bytes = b"", v2: bool = False, timestamp: int | None = None,
-                 nonce: str | None = None) -> dict[str, str]:
-    """The auth headers of one request."""
+                 nonce: str | None = None, host: str = "") -> dict[str, str]:
+    """The auth headers of one request; `path` as it will be sent (percent-encoded), `host` its Host."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
     headers = {HEADER_ID: service_id, HEADER_TIMESTAMP: ts}
     if v2:
         nonce = nonce or secrets.token_urlsafe(18)
         headers[HEADER_NONCE] = nonce
-        headers[HEADER_SIGNATURE] = hmac_hex(key, v2_message(service_id, method, path, query, ts, nonce, body))
+        headers[HEADER_SIGNATURE] = hmac_hex(key, v2_message(service_id, method, path, query, ts, nonce, body,
+                                                             host))
     else:
         headers[HEADER_SIGNATURE] = hmac_hex(key, v1_message(service_id, method, path, ts))
     return headers
@@ -103,29 +119,16 @@ class Verified:
 
 def verify(headers: Mapping[str, str], method: str, path: str, query: str | bytes, body: bytes,
            keys: Mapping[str, Sequence[str]], *, window_s: int, require_v2: bool = False,
-           now: float | None = None) -> Verified:
+           now: float | None = None, host: str = "") -> Verified:
     """Checks one request's service signature; raises `UnauthorizedError` (public message, private reason).
 
-    `headers` holds each auth header once (the caller refuses duplicates). Replay of a v2 nonce is the
-    caller's check, since it needs shared state (Redis).
+    `path` is the raw path as received (`raw_path`), `host` the Host header. `headers` holds each auth
+    header once (the caller refuses duplicates). Replay of a v2 nonce is the caller's check, since it
+    needs shared state (Redis).
     """
-    service_id, signature = headers.get(HEADER_ID), headers.get(HEADER_SIGNATURE)
-    timestamp, nonce = headers.get(HEADER_TIMESTAMP), headers.get(HEADER_NONCE)
-    if not (service_id or signature or timestamp):
-        raise UnauthorizedError(UnauthorizedError.MISSING, "missing_headers")
-    if not (service_id and signature and timestamp):
-        raise UnauthorizedError(UnauthorizedError.MISSING, "incomplete_headers")
-    if not _TIMESTAMP.fullmatch(timestamp):
-        raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_timestamp")
-    now = time.time() if now is None else now
-    if abs(now - int(timestamp)) > window_s:
-        raise UnauthorizedError(UnauthorizedError.EXPIRED, "outside_window")
-    if not _SIGNATURE.fullmatch(signature):
-        raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_signature")
+    service_id, signature, timestamp, nonce = verify_headers(headers, window_s=window_s, now=now)
     if nonce is not None:
-        if not _NONCE.fullmatch(nonce):
-            raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_nonce")
-        message = v2_message(service_id, method, path, query, timestamp, nonce, body)
+        message = v2_message(service_id, method, path, query, timestamp, nonce, body, host)
     elif require_v2:
         raise UnauthorizedError(UnauthorizedError.INVALID, "v1_refused")
     else:
@@ -142,11 +145,35 @@ def verify(headers: Mapping[str, str], method: str, path: str, query: str | byte
     return Verified(service_id, 2 if nonce is not None else 1, int(timestamp), nonce)
 
 
+def verify_headers(headers: Mapping[str, str], *, window_s: int,
+                   now: float | None = None) -> tuple[str, str, str, str | None]:
+    """The checks that need no key and no body: present, well-formed, within the window. The facade runs
+    them before it reads a v2 request's body, so a request that cannot verify is refused unread.
+    Returns (service id, signature, timestamp, nonce)."""
+    service_id, signature = headers.get(HEADER_ID), headers.get(HEADER_SIGNATURE)
+    timestamp, nonce = headers.get(HEADER_TIMESTAMP), headers.get(HEADER_NONCE)
+    if not (service_id or signature or timestamp):
+        raise UnauthorizedError(UnauthorizedError.MISSING, "missing_headers")
+    if not (service_id and signature and timestamp):
+        raise UnauthorizedError(UnauthorizedError.MISSING, "incomplete_headers")
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_timestamp")
+    now = time.time() if now is None else now
+    if abs(now - int(timestamp)) > window_s:
+        raise UnauthorizedError(UnauthorizedError.EXPIRED, "outside_window")
+    if not _SIGNATURE.fullmatch(signature):
+        raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_signature")
+    if nonce is not None and not _NONCE.fullmatch(nonce):
+        raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_nonce")
+    return service_id, signature, timestamp, nonce
+
+
 class ServiceAuth(httpx.Auth):
     """Signs each request as the last step before it is sent, after the caller's and the client's headers
     are merged, so no caller-supplied header can replace or add to the auth headers."""
 
     def __init__(self, service_id: str, key: str | SecretStr, *, v2: bool = False):
+        """`v2=False` signs v1, for a facade that accepts nothing else (a seed's); a replayable format."""
         key = key.get_secret_value() if isinstance(key, SecretStr) else key
         if not service_id or not key:
             raise AuthConfigError("a service id and a non-empty key are needed to sign; refusing to send unsigned")
@@ -162,8 +189,8 @@ class ServiceAuth(httpx.Auth):
         for name in AUTH_HEADERS:
             request.headers.pop(name, None)
         request.headers.update(sign_headers(
-            self.service_id, self._key, request.method, request.url.path, query=request.url.query,
-            body=request.content if self.v2 else b"", v2=self.v2))
+            self.service_id, self._key, request.method, raw_path(request.url.raw_path), query=request.url.query,
+            body=request.content if self.v2 else b"", v2=self.v2, host=request.headers.get("host", "")))
         yield request
 
 
@@ -173,7 +200,7 @@ class _Signing:
 
     service_auth: ServiceAuth
 
-    def __init__(self, service_id: str | None = None, key: str | SecretStr | None = None, *, v2: bool = False,
+    def __init__(self, service_id: str | None = None, key: str | SecretStr | None = None, *, v2: bool = True,
                  settings: Settings | None = None, **kwargs: Any):
         if "auth" in kwargs:
             raise TypeError("a service client signs every request itself; it takes no auth=")
@@ -192,7 +219,8 @@ class _Signing:
 
 
 class ServiceHTTPClient(_Signing, httpx.Client):
-    """`httpx.Client` for service-to-service calls: every request is signed (v1, or v2 with `v2=True`).
+    """`httpx.Client` for service-to-service calls: every request is signed, v2 (`v2=False`: v1, only for a
+    facade that accepts nothing else; v1 can be replayed within its window).
 
     Identity: `service_id` and `key`, else NPU_SERVICE_ID / NPU_SERVICE_KEY, else the generated local
     credentials. Without a key it raises `AuthConfigError` at construction; `auth=` is refused, on the

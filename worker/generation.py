@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+import openvino as ov
 import openvino_genai as og
 
 from dispatcher.errors import ErrorCode, InvalidInputError
@@ -21,6 +23,7 @@ from dispatcher.models import ModelSpec
 from dispatcher.protocol import Prompt, as_messages
 from dispatcher.settings import Settings
 
+from .chat import ChatEncoder
 from .devices import first_that_compiles
 from .pipelines import plugin_config, require_model_dir
 
@@ -71,6 +74,7 @@ class Generator:
             lambda device: og.ContinuousBatchingPipeline(str(spec.path), scheduler, device, plugin_config(threads)),
             chain, spec.name)
         self.tokenizer = self.pipeline.get_tokenizer()
+        self.chat = ChatEncoder(self.tokenizer)
         self.active: dict[int, _Active] = {}
         self._ids = itertools.count()
 
@@ -78,13 +82,13 @@ class Generator:
     def free_slots(self) -> int:
         return max(0, self.max_sequences - len(self.active))
 
-    def _chat(self, prompt: Prompt) -> tuple[str, int]:
-        text = self.tokenizer.apply_chat_template(as_messages(prompt), add_generation_prompt=True)
-        return text, int(self.tokenizer.encode(text).attention_mask.data.sum())
+    def _chat(self, prompt: Prompt) -> list[int]:
+        """Token ids, not the template's text: contents must stay plain text (worker/chat.py)."""
+        return self.chat.encode(as_messages(prompt))
 
     def check(self, prompt: Prompt) -> int:
         """Prompt tokens (chat template included); refuses a prompt longer than the model takes."""
-        tokens = self._chat(prompt)[1]
+        tokens = len(self._chat(prompt))
         if tokens > self.spec.max_input_tokens:
             raise InvalidInputError(f"prompt has {tokens} tokens; {self.spec.name} takes at most "
                                     f"{self.spec.max_input_tokens}", code=ErrorCode.INPUT_TOO_LONG, tokens=tokens,
@@ -97,7 +101,8 @@ class Generator:
         """Start a generation; it advances with each `step()` and ends in `on_done`. `stop`: strings that end
         it, left out of the text (the engine's `stop_strings`; the text is cut here too, as a stop string
         may straddle tokens the engine already let through)."""
-        text, prompt_tokens = self._chat(prompt)
+        ids = self._chat(prompt)
+        prompt_tokens = len(ids)
         if prompt_tokens > self.spec.max_input_tokens:
             self.check(prompt)  # raises with the details
         config = og.GenerationConfig()
@@ -110,7 +115,7 @@ class Generator:
             config.stop_strings = set(stop)
             config.include_stop_str_in_output = False
         request_id = next(self._ids)
-        handle = self.pipeline.add_request(request_id, text, config)
+        handle = self.pipeline.add_request(request_id, ov.Tensor(np.array([ids], dtype=np.int64)), config)
         self.active[request_id] = _Active(handle, prompt_tokens, config.max_new_tokens, on_done, on_delta,
                                           stop=list(stop or []))
 

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 
 from dispatcher.errors import ErrorCode, NPUError
 from dispatcher.logs import request_id
@@ -135,7 +136,10 @@ class InteractiveLane:
             try:
                 job = Job.model_validate(unpack(fields[b"j"]))
             except Exception as exc:
-                log.error("malformed job %s on %s dead-lettered: %s", entry_id, stream, exc)
+                # what is wrong, not what it holds: a validation error's text quotes the job's input
+                what = ("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in exc.errors()[:5])
+                        if isinstance(exc, ValidationError) else type(exc).__name__)
+                log.error("malformed job %s on %s dead-lettered: %s", entry_id, stream, what)
                 self.redis.xadd(self.keys.dead(self.stream_models[stream]), {**fields, b"reason": b"malformed"},
                                 maxlen=self.settings.dead_letter_max, approximate=True)
                 self.stats.add("malformed")

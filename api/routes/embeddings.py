@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from .. import metrics
-from ..auth import RESPONSES, require_inference
+from ..auth import RESPONSES, AuthenticatedRoute, require_inference
 from ..deps import Dispatcher
 from ..responses import ORJSONResponse
 from ..schemas import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
 
-router = APIRouter(tags=["inference"], dependencies=[Depends(require_inference)],
+router = APIRouter(route_class=AuthenticatedRoute, tags=["inference"], dependencies=[Depends(require_inference)],
                    responses=RESPONSES)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (404, 413, 422, 429, 503)}

@@ -12,27 +12,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.nodes import LoadBalancing
 
-from ..auth import RESPONSES, require_admin, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, require_admin, require_read
 from ..deps import Fleet
 
-router = APIRouter(tags=["fleet"], responses=RESPONSES)
+router = APIRouter(route_class=AuthenticatedRoute, tags=["fleet"], responses=RESPONSES)
 Read = [Depends(require_read)]
 Admin = [Depends(require_admin)]
 
 
 class NodeCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Default: made from the name.")
     name: str = Field(min_length=1, max_length=128)
     address: str | None = Field(None, pattern=r"^https?://", description="Base URL of the node's facade.")
+    legacy_signing: bool = Field(False, description="Its facade accepts only v1 signatures (detection signs v1).")
     roles: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
 
 
 class NodeUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str | None = Field(None, min_length=1, max_length=128)
     address: str | None = Field(None, pattern=r"^https?://")
+    legacy_signing: bool | None = None
     roles: list[str] | None = None
     labels: dict[str, str] | None = None
 
@@ -44,7 +46,8 @@ async def list_nodes(fleet: Fleet, role: Annotated[str | None, Query()] = None) 
 
 @router.post("/api/fleet/nodes", status_code=201, dependencies=Admin, responses={409: {"description": "Exists"}})
 async def add_node(body: NodeCreate, fleet: Fleet) -> dict[str, Any]:
-    return await fleet.add(body.name, body.id, body.address, body.roles, body.labels)
+    return await fleet.add(body.name, body.id, body.address, body.roles, body.labels,
+                           legacy_signing=body.legacy_signing)
 
 
 @router.patch("/api/fleet/nodes/{node_id}", dependencies=Admin)

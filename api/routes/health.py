@@ -8,11 +8,11 @@ from redis.exceptions import RedisError
 
 from dispatcher.fleet import Load, memory_gb
 
-from ..auth import RESPONSES, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, require_read
 from ..deps import Dispatcher, Fleet
 from ..schemas import HealthResponse
 
-router = APIRouter(tags=["health"], dependencies=[Depends(require_read)],
+router = APIRouter(route_class=AuthenticatedRoute, tags=["health"], dependencies=[Depends(require_read)],
                    responses=RESPONSES)
 
 

@@ -15,13 +15,13 @@ from dispatcher.errors import ErrorCode, NPUError
 from dispatcher.results import StreamChunk
 
 from .. import metrics
-from ..auth import RESPONSES, require_inference
+from ..auth import RESPONSES, AuthenticatedRoute, require_inference
 from ..deps import Dispatcher
 from ..responses import ORJSONResponse
 from ..schemas import InferenceRequest, InferenceResponse
 from .embeddings import ERRORS
 
-router = APIRouter(tags=["inference"], dependencies=[Depends(require_inference)],
+router = APIRouter(route_class=AuthenticatedRoute, tags=["inference"], dependencies=[Depends(require_inference)],
                    responses=RESPONSES)
 
 

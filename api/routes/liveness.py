@@ -21,11 +21,11 @@ from redis.exceptions import RedisError
 from dispatcher.errors import ErrorCode
 from dispatcher.fleet import by_model
 
-from ..auth import public
+from ..auth import AuthenticatedRoute, public
 from ..deps import Dispatcher, Fleet
 from ..responses import ORJSONResponse
 
-router = APIRouter(tags=["health"], dependencies=[Depends(public)])
+router = APIRouter(route_class=AuthenticatedRoute, tags=["health"], dependencies=[Depends(public)])
 
 READY_TIMEOUT_S = 1.0
 """Longest a readiness probe waits for Redis; probes usually time out after 1 s themselves."""

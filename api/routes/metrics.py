@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from dispatcher.settings import Settings
 
 from .. import metrics
-from ..auth import RESPONSES, public, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, public, require_read
 from ..deps import Fleet
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ async def prometheus(fleet: Fleet) -> Response:
 def router(settings: Settings) -> APIRouter:
     """Built per app, as `metrics_public` decides whether the route is `public` or needs read access."""
     if settings.metrics_public:
-        built = APIRouter(tags=["metrics"], dependencies=[Depends(public)])
+        built = APIRouter(route_class=AuthenticatedRoute, tags=["metrics"], dependencies=[Depends(public)])
     else:
-        built = APIRouter(tags=["metrics"], dependencies=[Depends(require_read)], responses=RESPONSES)
+        built = APIRouter(route_class=AuthenticatedRoute, tags=["metrics"], dependencies=[Depends(require_read)],
+                          responses=RESPONSES)
     built.add_api_route("/metrics", prometheus, methods=["GET"], response_class=Response)
     return built

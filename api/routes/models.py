@@ -6,11 +6,11 @@ from fastapi import APIRouter, Depends
 
 from dispatcher.fleet import by_model
 
-from ..auth import RESPONSES, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, require_models
 from ..deps import Dispatcher, Fleet
 from ..schemas import ModelInfo, ModelsResponse
 
-router = APIRouter(tags=["models"], dependencies=[Depends(require_read)],
+router = APIRouter(route_class=AuthenticatedRoute, tags=["models"], dependencies=[Depends(require_models)],
                    responses=RESPONSES)
 
 

@@ -24,25 +24,32 @@ from dispatcher.models import ModelSpec
 from dispatcher.results import StreamChunk
 
 from .. import metrics
-from ..auth import RESPONSES, require_inference, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, require_inference, require_models
 from ..deps import Dispatcher
 from ..responses import ORJSONResponse
-from ..schemas import Deadline, OpenAIErrorResponse
+from ..schemas import Deadline, JsonInt, OpenAIErrorResponse
 
-# The openai client sends `Authorization: Bearer <api_key>`: an operator token (or a signed service call).
-router = APIRouter(prefix="/v1", tags=["openai"], responses=RESPONSES)
+# The openai client sends `Authorization: Bearer <api_key>`: an app key (NPU_API_KEYS), or an admin token.
+router = APIRouter(route_class=AuthenticatedRoute, prefix="/v1", tags=["openai"], responses=RESPONSES)
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse} for code in (400, 404, 413, 429, 503)}
 MAX_STOP = 4
 """Stop strings per request, as OpenAI allows."""
 STARTED = int(time.time())
 
 
+# Strict, like the facade's own bodies: `"stream": "yes"` or `"max_tokens": "3"` is refused, not coerced,
+# and an option this API does not implement (top_p, tools, ...) is refused by name rather than
+# silently ignored. `user` is accepted: OpenAI's end-user id, metadata that changes no answer.
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI options (user, ...) are accepted and ignored
+    model_config = STRICT
     input: str | list[str] = Field(description="A text or a list of texts (token arrays are not accepted).")
     model: str
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, description="Must equal the model's dimension if given.")
+    dimensions: JsonInt | None = Field(None, description="Must equal the model's dimension if given.")
+    user: str | None = Field(None, description="OpenAI's end-user id: accepted, changes nothing.")
     deadline_s: Deadline = None
 
 
@@ -53,7 +60,7 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     role: Role
     content: str | list[TextPart] = Field(description="A string, or a list of text parts (joined by newlines).")
 
@@ -71,17 +78,19 @@ Stop = Annotated[str, Field(min_length=1)]
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: JsonInt | None = None
+    max_completion_tokens: JsonInt | None = Field(None, description="OpenAI's current name for max_tokens; "
+                                                  "wins over it when both are given.")
     temperature: float | None = None
     deadline_s: Deadline = Field(None, description="Ours (the openai client: `extra_body`): see `/inference`.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Stop | list[Stop] | None = Field(None, description="Up to 4 strings; the text ends before the first.")
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+    n: JsonInt = Field(1, ge=1, le=1, description="Only one choice per request.")
+    user: str | None = Field(None, description="OpenAI's end-user id: accepted, changes nothing.")
 
     @field_validator("stop")
     @classmethod
@@ -180,12 +189,13 @@ def _usage(prompt_tokens: int | None, completion_tokens: int | None) -> dict[str
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-@router.get("/models", dependencies=[Depends(require_read)])
+@router.get("/models", dependencies=[Depends(require_models)])
 async def list_models(dispatcher: Dispatcher) -> dict[str, Any]:
     return {"object": "list", "data": [_model(dispatcher.registry.specs[name]) for name in dispatcher.registry.names]}
 
 
-@router.get("/models/{model_id}", dependencies=[Depends(require_read)], responses={404: {"model": OpenAIErrorResponse}})
+@router.get("/models/{model_id}", dependencies=[Depends(require_models)],
+            responses={404: {"model": OpenAIErrorResponse}})
 async def get_model(model_id: str, dispatcher: Dispatcher) -> dict[str, Any]:
     return _model(dispatcher.registry.get(model_id))  # 404 model_not_found for an unknown one
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from ..auth import RESPONSES, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, require_read
 
-router = APIRouter(tags=["meta"], dependencies=[Depends(require_read)],
+router = APIRouter(route_class=AuthenticatedRoute, tags=["meta"], dependencies=[Depends(require_read)],
                    responses=RESPONSES)
 
 

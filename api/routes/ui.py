@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from dispatcher.errors import NotFoundError
 
-from ..auth import public
+from ..auth import AuthenticatedRoute, public
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 TAB = "/fleet#npu-workers"
@@ -34,7 +34,7 @@ HEADERS = {
 }
 TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
-router = APIRouter(tags=["ui"], dependencies=[Depends(public)], include_in_schema=False)
+router = APIRouter(route_class=AuthenticatedRoute, tags=["ui"], dependencies=[Depends(public)], include_in_schema=False)
 
 
 def _assets() -> dict[str, Path]:

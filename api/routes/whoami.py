@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from ..auth import RESPONSES, Principal, require_read
+from ..auth import RESPONSES, AuthenticatedRoute, Principal, require_read
 
-router = APIRouter(prefix="/api", tags=["meta"], responses=RESPONSES)
+router = APIRouter(route_class=AuthenticatedRoute, prefix="/api", tags=["meta"], responses=RESPONSES)
 
 
 @router.get("/whoami")

@@ -82,6 +82,8 @@ export const AssignNPURoleModal = {
           <p v-else-if="!node.address" class="error" data-test="detection-status">This node has no address:
             detection cannot reach it. Give it one (Nodes tab) before assigning.</p>
           <p v-else-if="!detection" class="muted" data-test="detection-status">Not detected yet.</p>
+          <p v-else-if="detection.status === 'not_configured'" class="error" data-test="detection-status">
+            Detection is not configured on this facade: {{ detection.error }}</p>
           <p v-else-if="detection.status === 'error'" class="error" data-test="detection-status">
             Detection failed {{ ago(detection.at, now) }}: {{ detection.error }}</p>
           <p v-else class="ok" data-test="detection-status">Detected {{ ago(detection.at, now) }}.</p>

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from api.app import create_app
-from api.auth import public, require_admin, require_inference, require_read
+from api.auth import public, require_admin, require_inference, require_models, require_read
 from dispatcher.credentials import ensure_generated, outbound_identity
 from dispatcher.errors import AuthConfigError
 from dispatcher.protocol import Keys
@@ -35,12 +35,22 @@ from dispatcher.signing import (
     ServiceAuth,
     sign_headers,
 )
-from tests.conftest import ADMIN_TOKEN, SERVICE_ID, SERVICE_KEY, VIEWER_TOKEN, WorkerProcess, as_operator, signed
+from tests.conftest import (
+    ADMIN_TOKEN,
+    APP_KEY,
+    SERVICE_ID,
+    SERVICE_KEY,
+    VIEWER_TOKEN,
+    WorkerProcess,
+    as_operator,
+    signed,
+)
 
 MODEL = "all-minilm-l6-v2"
 PUBLIC = {"/livez", "/readyz", "/fleet", "/fleet/static/{name:path}", "/settings/admin/npu-workers"}
 """Marked `public`: liveness and the operator page's shell (fixed files, no data; see api/routes/ui.py)."""
-REQUIREMENTS = {require_read: "read", require_inference: "inference", require_admin: "admin", public: "public"}
+REQUIREMENTS = {require_read: "read", require_models: "models", require_inference: "inference",
+                require_admin: "admin", public: "public"}
 JSON = {"content-type": "application/json"}
 BODIES = {"/embeddings": {"texts": ["hi"], "model": MODEL}, "/inference": {"prompt": "hi", "max_tokens": 2}}
 
@@ -185,7 +195,7 @@ def test_a_rotated_key_is_accepted_alongside_the_new_one(app_settings: Settings)
 
 
 def test_v2_replay_is_refused_and_the_nonce_kept_for_the_window(client: TestClient, app_settings: Settings) -> None:
-    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", v2=True)
+    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", v2=True, host="testserver")
     assert client.get("/models", headers=headers).status_code == 200
     assert_refused(client.get("/models", headers=headers), "invalid credentials")
     ttl = app_settings.redis().ttl(Keys(app_settings.key_prefix).nonce(SERVICE_ID, headers[HEADER_NONCE]))
@@ -194,12 +204,12 @@ def test_v2_replay_is_refused_and_the_nonce_kept_for_the_window(client: TestClie
 
 def test_v2_tampered_body_or_query_is_refused(client: TestClient) -> None:
     body = b'{"texts": ["hi"], "model": "all-minilm-l6-v2"}'
-    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "POST", "/embeddings", body=body, v2=True)
+    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "POST", "/embeddings", body=body, v2=True, host="testserver")
     assert_refused(client.post("/embeddings", content=body.replace(b"hi", b"ho"), headers={**headers, **JSON}),
                    "invalid credentials")
-    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", query="verbose=0", v2=True)
+    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", query="verbose=0", v2=True, host="testserver")
     assert_refused(client.get("/models?verbose=1", headers=headers), "invalid credentials")
-    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", query="verbose=0", v2=True)
+    headers = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", query="verbose=0", v2=True, host="testserver")
     assert client.get("/models?verbose=0", headers=headers).status_code == 200
 
 
@@ -240,7 +250,8 @@ def test_header_override_attempts_get_nothing(client: TestClient) -> None:
 
 def test_a_signed_caller_still_hears_what_is_wrong_with_a_broken_body(client: TestClient) -> None:
     body = b'{"texts": ['
-    headers = {**sign_headers(SERVICE_ID, SERVICE_KEY, "POST", "/embeddings", body=body, v2=True), **JSON}
+    headers = {**sign_headers(SERVICE_ID, SERVICE_KEY, "POST", "/embeddings", body=body, v2=True, host="testserver"),
+               **JSON}
     response = client.post("/embeddings", content=body, headers=headers)
     assert response.status_code == 422 and response.json()["error"] == "invalid_request"
     assert_refused(client.post("/embeddings", content=body, headers=headers), "invalid credentials")  # replay
@@ -299,7 +310,8 @@ def test_no_path_trick_reaches_a_protected_route_unauthenticated(client: TestCli
 
 
 def role_cases(client: TestClient) -> Iterator[tuple[str, str, str, set[str]]]:
-    allowed = {"read": {"service", "viewer", "admin"}, "inference": {"service", "admin"}, "admin": {"admin"}}
+    allowed = {"read": {"service", "viewer", "admin"}, "models": {"service", "viewer", "admin", "app"},
+               "inference": {"service", "admin", "app"}, "admin": {"admin"}}
     for path, method, requirement in route_table(client.app):
         if requirement != "public":
             yield path, method, requirement, allowed[requirement]
@@ -308,7 +320,7 @@ def role_cases(client: TestClient) -> Iterator[tuple[str, str, str, set[str]]]:
 def test_roles_on_every_protected_route(client: TestClient) -> None:
     callers: dict[str, Callable[[TestClient], TestClient]] = {
         "service": signed, "viewer": lambda c: as_operator(c, VIEWER_TOKEN),
-        "admin": lambda c: as_operator(c, ADMIN_TOKEN)}
+        "admin": lambda c: as_operator(c, ADMIN_TOKEN), "app": lambda c: as_operator(c, APP_KEY)}
     seen = set()
     for role, become in callers.items():
         client.auth = None
@@ -321,7 +333,7 @@ def test_roles_on_every_protected_route(client: TestClient) -> None:
                 assert status not in (401, 403), (role, method, path, status)
             else:
                 assert status == 403, (role, method, path, status)
-    assert seen == {"read", "inference", "admin"}
+    assert seen == {"read", "models", "inference", "admin"}
 
 
 def test_admin_only_routes_refuse_a_viewer_token(client: TestClient) -> None:

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from dispatcher.settings import Settings
 from tests.cloud_server import CloudServer
-from tests.conftest import ADMIN_TOKEN, LiveFacade, signed
+from tests.conftest import ADMIN_TOKEN, APP_KEY, LiveFacade, signed
 
 MODEL = "all-minilm-l6-v2"
 LLM = "smollm2-135m-instruct"
@@ -23,7 +23,7 @@ LLM = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def client(facade: LiveFacade) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{facade.url}/v1", api_key=ADMIN_TOKEN, max_retries=0)
+    return openai.OpenAI(base_url=f"{facade.url}/v1", api_key=APP_KEY, max_retries=0)
 
 
 def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
@@ -58,7 +58,7 @@ def test_chat_completion_streams(client: openai.OpenAI) -> None:
 
 
 def test_chat_stream_without_a_model_name_names_the_default(facade: LiveFacade) -> None:
-    with httpx.stream("POST", f"{facade.url}/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    with httpx.stream("POST", f"{facade.url}/v1/chat/completions", headers={"Authorization": f"Bearer {APP_KEY}"},
                       json={"model": "", "stream": True, "max_tokens": 3,
                             "messages": [{"role": "user", "content": "hi"}]}, timeout=60) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.read()
@@ -145,7 +145,7 @@ def test_async_client_chat_stop_and_models(facade: LiveFacade) -> None:
 
 
 async def _async_client(facade: LiveFacade) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{facade.url}/v1", api_key=ADMIN_TOKEN, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=f"{facade.url}/v1", api_key=APP_KEY, max_retries=0)
     try:
         result = await client.chat.completions.create(
             model=LLM, max_tokens=16, stop=["Paris"], messages=[{"role": "user", "content": [
@@ -170,7 +170,7 @@ def test_stop_travels_to_the_cloud(isolated: Settings, cloud: CloudServer) -> No
 
 def test_a_facade_serves_as_another_facades_cloud(isolated: Settings, facade: LiveFacade) -> None:
     """The fallback speaks the protocol the facade serves: a node with no worker falls back to a peer."""
-    cloudy = isolated.model_copy(update={"cloud_base_url": f"{facade.url}/v1", "cloud_api_key": ADMIN_TOKEN})
+    cloudy = isolated.model_copy(update={"cloud_base_url": f"{facade.url}/v1", "cloud_api_key": APP_KEY})
     with signed(TestClient(create_app(cloudy))) as c:
         body = c.post("/embeddings", json={"texts": ["hello world"], "model": MODEL}).json()
         assert body["source"] == "cloud" and body["dim"] == 384

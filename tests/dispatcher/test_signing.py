@@ -27,6 +27,7 @@ from dispatcher.signing import (
     ServiceHTTPClient,
     Verified,
     canonical_query,
+    raw_path,
     sign_headers,
     verify,
 )
@@ -142,8 +143,8 @@ def verifying_transport(seen: list[httpx.Request]) -> httpx.MockTransport:
     def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         try:
-            verified = verify(request.headers, request.method, request.url.path, request.url.query,
-                              request.content, KEYS, window_s=WINDOW)
+            verified = verify(request.headers, request.method, raw_path(request.url.raw_path), request.url.query,
+                              request.content, KEYS, window_s=WINDOW, host=request.headers["host"])
         except UnauthorizedError as exc:
             return httpx.Response(401, json={"reason": exc.reason})
         return httpx.Response(200, json={"service": verified.service_id, "version": verified.version})
@@ -177,7 +178,7 @@ def test_async_client_signs_every_request() -> None:
 def test_caller_headers_never_override_the_auth_headers() -> None:
     seen: list[httpx.Request] = []
     forged = {HEADER_ID: "other", HEADER_SIGNATURE: "0" * 64, HEADER_TIMESTAMP: "1", HEADER_NONCE: "N" * 20}
-    with ServiceHTTPClient("svc", "new-key", headers=forged, base_url="http://facade",
+    with ServiceHTTPClient("svc", "new-key", v2=False, headers=forged, base_url="http://facade",
                            transport=verifying_transport(seen)) as client:
         assert client.get("/health", headers=forged).json() == {"service": "svc", "version": 1}
     sent = seen[0].headers
@@ -188,7 +189,7 @@ def test_caller_headers_never_override_the_auth_headers() -> None:
 def test_signing_cannot_be_turned_off() -> None:
     with pytest.raises(TypeError):
         ServiceHTTPClient("svc", "new-key", auth=None)
-    with ServiceHTTPClient("svc", "new-key", transport=verifying_transport([])) as client:
+    with ServiceHTTPClient("svc", "new-key", v2=False, transport=verifying_transport([])) as client:
         with pytest.raises(TypeError):
             client.get("http://facade/health", auth=None)
         client.auth = None  # even replacing the client's auth leaves requests signed

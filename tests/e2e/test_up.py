@@ -20,7 +20,7 @@ from rq.job import JobStatus
 from dispatcher.protocol import EMBED_TASK, MsgpackSerializer
 from dispatcher.settings import Settings
 from dispatcher.signing import ServiceHTTPClient
-from npu_worker.redis_server import free_port
+from npu_worker.redis_server import free_port, redacted
 from tests.conftest import ROOT
 
 
@@ -114,7 +114,8 @@ def test_up_runs_redis_facade_and_worker_and_stops_them_all(tmp_path: Path, sett
         # With no REDIS_URL, the CLI finds the embedded Redis that up announced.
         status = subprocess.run([sys.executable, "-m", "npu_worker", "status"], capture_output=True, text=True,
                                 timeout=60, cwd=ROOT, env={**env, "COLUMNS": "200"})
-        assert "1 live worker(s)" in status.stdout and url in status.stdout, status.stdout + status.stderr
+        assert "1 live worker(s)" in status.stdout and redacted(url) in status.stdout, status.stdout + status.stderr
+        assert url not in status.stdout  # the password is not printed
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)

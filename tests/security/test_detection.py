@@ -1,0 +1,114 @@
+"""Point 6: capability detection sends nothing replayable. It signs v2, bound to the host it calls, so the
+headers a hostile node receives are refused by our facade; v1 only for a node marked legacy; no 500
+without a signing identity; the error stored for viewers is a short reason of ours."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.testclient import TestClient
+
+from dispatcher.settings import Settings
+from dispatcher.signing import HEADER_NONCE
+from tests.cloud_server import ThreadedServer
+from tests.conftest import ADMIN_TOKEN
+
+from .helpers import app, bearer
+
+
+class Hostile:
+    """A "node" that records the headers it is sent; answers like a facade, or with a page of HTML."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+        self.html = False
+        recorder = FastAPI()
+
+        @recorder.get("/{path:path}")
+        async def anything(request: Request) -> Response:
+            self.seen.append(dict(request.headers))
+            if self.html:
+                return HTMLResponse("<html><script>alert(1)</script>" + "x" * 5000 + "</html>", status_code=500)
+            return JSONResponse({"status": "healthy", "available": ["m"], "max_concurrent": 1})
+
+        self.server = ThreadedServer(recorder).start()
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Hostile]:
+    node = Hostile()
+    yield node
+    node.server.stop()
+
+
+def register(client: TestClient, hostile: Hostile, node_id: str, **extra: Any) -> dict[str, Any]:
+    hostile.seen.clear()
+    response = client.post("/api/fleet/nodes", headers=bearer(ADMIN_TOKEN), json={
+        "id": node_id, "name": node_id, "address": hostile.server.url, "roles": ["npu-worker"], **extra})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_detection_headers_replayed_against_the_facade_are_refused(isolated: Settings, hostile: Hostile) -> None:
+    with TestClient(app(isolated)) as client:
+        node = register(client, hostile, "hostile")
+        assert node["detection"]["status"] == "ok"
+        assert {h["x-service-nonce"] is not None for h in hostile.seen} == {True}  # v2
+        assert len(hostile.seen) == 2
+        for captured in hostile.seen:
+            replay = {k: v for k, v in captured.items() if k.startswith("x-service-")}
+            for target in ("/health", "/models"):  # signed for another host
+                assert client.get(target, headers=replay).status_code == 401, target
+    # A replayer also sends the Host it was signed for: a facade that knows its own names refuses that too.
+    with TestClient(app(isolated, auth_hosts=["testserver"])) as client:
+        for captured in hostile.seen:
+            replay = {k: v for k, v in captured.items() if k.startswith("x-service-")}
+            assert client.get("/health", headers={**replay, "host": captured["host"]}).status_code == 401
+
+
+def test_a_facade_with_auth_hosts_refuses_a_signature_made_for_another_host(isolated: Settings) -> None:
+    from dispatcher.signing import sign_headers
+    from tests.conftest import SERVICE_ID, SERVICE_KEY
+
+    with TestClient(app(isolated, auth_hosts=["testserver"])) as client:
+        for_them = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", v2=True, host="node.example")
+        assert client.get("/models", headers={**for_them, "host": "node.example"}).status_code == 401
+        for_us = sign_headers(SERVICE_ID, SERVICE_KEY, "GET", "/models", v2=True, host="testserver")
+        assert client.get("/models", headers=for_us).status_code == 200
+
+
+def test_a_legacy_node_is_probed_with_v1(isolated: Settings, hostile: Hostile) -> None:
+    with TestClient(app(isolated)) as client:
+        node = register(client, hostile, "legacy", legacy_signing=True)
+        assert node["detection"]["status"] == "ok" and node["legacy_signing"] is True
+        assert hostile.seen and all(HEADER_NONCE.lower() not in h for h in hostile.seen)
+
+
+def test_without_a_signing_identity_the_node_is_registered_and_detection_says_why(isolated: Settings,
+                                                                                   hostile: Hostile) -> None:
+    verifying_only = isolated.model_copy(update={"service_id": None, "service_key": None})
+    with TestClient(app(verifying_only)) as client:
+        node = register(client, hostile, "unsigned")
+        assert node["detection"]["status"] == "not_configured"
+        assert "NPU_SERVICE_ID" in node["detection"]["error"] and hostile.seen == []
+        listed = client.get("/api/fleet/nodes", headers=bearer(ADMIN_TOKEN)).json()["nodes"]
+        assert [n["detection"]["status"] for n in listed if n["id"] == "unsigned"] == ["not_configured"]
+
+
+def test_a_detection_error_is_a_short_reason_of_ours(isolated: Settings, hostile: Hostile) -> None:
+    hostile.html = True
+    try:
+        with TestClient(app(isolated)) as client:
+            node = register(client, hostile, "broken")
+    finally:
+        hostile.html = False
+    detection = node["detection"]
+    assert detection["status"] == "error" and detection["error"] == "/health answered HTTP 500"
+    with TestClient(app(isolated)) as client:
+        gone = client.post("/api/fleet/nodes", headers=bearer(ADMIN_TOKEN), json={
+            "id": "gone", "name": "gone", "address": "http://127.0.0.1:9", "roles": ["npu-worker"]}).json()
+    assert gone["detection"]["error"] == "unreachable (ConnectError)"
