@@ -31,7 +31,8 @@ def error_response(request: Request, status: int, code: str, message: str, heade
         # OpenAI answers a request it cannot take with 400 (its clients raise BadRequestError), never 422.
         status = 400 if status == 422 else status
         kind = "invalid_request_error" if status == 400 else str(code)
-        body: dict[str, Any] = {"error": {"message": message, "type": kind, "code": code, "param": None, **extra}}
+        param = extra.pop("param", None) or extra.get("field")  # the field our own checks name
+        body: dict[str, Any] = {"error": {"message": message, "type": kind, "code": code, "param": param, **extra}}
     else:
         body = {"error": code, "message": message, **extra}
     return ORJSONResponse(body, status_code=status, headers=headers)
@@ -51,8 +52,8 @@ def openai_validation(errors: Sequence[Any]) -> tuple[str | None, str]:
         return None, "Invalid request body."
     first = errors[0]
     loc = [p for p in first.get("loc", ()) if p != "body"]
-    # pydantic adds a union member's name (`str`, `list[str]`, `function-after[...]`) to the location: not a field
-    loc = [p for p in loc if isinstance(p, int) or ("[" not in p and p not in ("str", "int", "float", "bool"))]
+    # pydantic adds a union member's name (`str`, `list[str]`, `constrained-str`) to the location: not a field
+    loc = [p for p in loc if isinstance(p, int) or not ("[" in p or "-" in p or p in ("str", "int", "float", "bool"))]
     param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
     kind, ctx = first.get("type", ""), first.get("ctx") or {}
     if param is None:

@@ -54,7 +54,13 @@ def apply_limits(schema: dict[str, Any], limits: Limits, dims: list[int]) -> Non
     for branch in embedding["dimensions"].get("anyOf", []):
         if branch.get("type") == "integer":
             branch["enum"] = dims
-    bodies["ChatMessage"]["properties"]["content"].update(limits.prompt())
+    content = bodies["ChatMessage"]["properties"]["content"]
+    for branch in content.get("anyOf", [content]):
+        if branch.get("type") == "string":
+            branch.update(limits.prompt())
+        elif branch.get("type") == "array":  # text parts: at least one, each as a prompt's text
+            branch["minItems"] = 1
+    bodies["TextPart"]["properties"]["text"].update(limits.prompt())
     chat = bodies["ChatRequest"]["properties"]
     chat["messages"].update(limits.messages())
     _generation(chat, limits, ("max_tokens", "max_completion_tokens"))

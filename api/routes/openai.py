@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.errors import InvalidInputError
 from dispatcher.limits import Role
@@ -62,7 +62,8 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = STRICT
     role: Role
-    content: str | list[TextPart] = Field(description="A string, or a list of text parts (joined by newlines).")
+    content: str | Annotated[list[TextPart], Field(min_length=1)] = Field(
+        description="A string, or a list of text parts (joined by newlines).")
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
@@ -88,16 +89,10 @@ class ChatRequest(BaseModel):
     deadline_s: Deadline = Field(None, description="Ours (the openai client: `extra_body`): see `/inference`.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Stop | list[Stop] | None = Field(None, description="Up to 4 strings; the text ends before the first.")
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOP)] | None = Field(
+        None, description="Up to 4 strings; the text ends before the first.")
     n: JsonInt = Field(1, ge=1, le=1, description="Only one choice per request.")
     user: str | None = Field(None, description="OpenAI's end-user id: accepted, changes nothing.")
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop strings")
-        return value
 
     def stops(self) -> list[str] | None:
         return [self.stop] if isinstance(self.stop, str) else self.stop or None

@@ -19,7 +19,8 @@ from tests.conftest import APP_KEY, LiveFacade
 from .helpers import MODEL, app, bearer
 
 APP_MAY = {("/embeddings", "POST"), ("/inference", "POST"), ("/v1/embeddings", "POST"),
-           ("/v1/chat/completions", "POST"), ("/models", "GET"), ("/v1/models", "GET")}
+           ("/v1/chat/completions", "POST"), ("/models", "GET"), ("/v1/models", "GET"),
+           ("/v1/models/{model_id}", "GET")}
 
 
 def test_an_app_key_reaches_inference_and_model_lists_and_nothing_else(isolated: Settings) -> None:
