@@ -44,17 +44,25 @@ _EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_parsing":
              "model_type": "an object", "model_attributes_type": "an object"}
 
 
+def _param(error: Any) -> str | None:
+    loc = [p for p in error.get("loc", ()) if p != "body"]
+    # pydantic adds a union member's name (`str`, `list[str]`, `constrained-str`) to the location: not a field
+    loc = [p for p in loc if isinstance(p, int) or not ("[" in p or "-" in p or p in ("str", "int", "float", "bool"))]
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
+
+
 def openai_validation(errors: Sequence[Any]) -> tuple[str | None, str]:
     """The first problem of a `/v1` body as OpenAI words it, with `param` the field's path
     (`messages[0].content`), rather than pydantic's wording. Union members each report a problem for the
     same field: the field is what matters."""
     if not errors:
         return None, "Invalid request body."
-    first = errors[0]
-    loc = [p for p in first.get("loc", ()) if p != "body"]
-    # pydantic adds a union member's name (`str`, `list[str]`, `constrained-str`) to the location: not a field
-    loc = [p for p in loc if isinstance(p, int) or not ("[" in p or "-" in p or p in ("str", "int", "float", "bool"))]
-    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
+    params = [_param(e) for e in errors]
+    # Of the field's problems, one that is not "wrong type": a union member of the input's own type
+    # (a list of stop strings that is too long) says more than the member it is not (a string).
+    first = next((e for e, p in zip(errors, params, strict=True) if p == params[0]
+                  and not str(e.get("type", "")).endswith("_type")), errors[0])
+    param = params[0]
     kind, ctx = first.get("type", ""), first.get("ctx") or {}
     if param is None:
         return None, "We could not parse the JSON body of your request. Send a JSON object."

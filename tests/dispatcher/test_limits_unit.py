@@ -119,7 +119,9 @@ def test_the_facade_schema_states_this_deployments_limits() -> None:
     texts = bodies["EmbeddingsRequest"]["properties"]["texts"]
     assert (texts["maxItems"], texts["items"]["maxLength"]) == (3, 10)
     assert bodies["ChatRequest"]["properties"]["messages"]["maxItems"] == 3
-    assert bodies["ChatMessage"]["properties"]["content"]["maxLength"] == 12
+    content = bodies["ChatMessage"]["properties"]["content"]["anyOf"]
+    assert next(b for b in content if b.get("type") == "string")["maxLength"] == 12
+    assert bodies["TextPart"]["properties"]["text"]["maxLength"] == 12
     assert bodies["ChatMessage"]["properties"]["role"]["enum"] == list(ROLES)
     tokens = next(b for b in bodies["InferenceRequest"]["properties"]["max_tokens"]["anyOf"] if "maximum" in b)
     assert tokens["maximum"] == 5

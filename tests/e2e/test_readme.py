@@ -24,7 +24,7 @@ import tomllib
 import yaml
 
 from dispatcher.settings import Settings
-from tests.conftest import ADMIN_TOKEN, ROOT, SERVICE_ID, SERVICE_KEY, LiveFacade, WorkerProcess
+from tests.conftest import ADMIN_TOKEN, APP_KEY, ROOT, SERVICE_ID, SERVICE_KEY, LiveFacade, WorkerProcess
 
 BILLING_KEY = "the-billing-key"
 """The key of the README's curl + openssl example's service `billing`."""
@@ -35,6 +35,8 @@ NOT_RUN = {
     ".venv/bin/pip install 'npu-worker[export]'": "downloads 1.6 GB and a model from a hub",
     "npu-worker up [--host H]": "a synopsis of the commands, not a script; tests/e2e/test_cli.py runs them",
     "REST caller --HTTP-->": "a diagram",
+    "from redis.sentinel import Sentinel": "needs a Sentinel deployment at the documented hosts; "
+                                           "tests/dispatcher/test_sentinel.py runs clients and rq against real ones",
 }
 
 
@@ -70,11 +72,18 @@ def stack(settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.Te
 
 
 def substitute(text: str, url: str) -> str:
-    return text.replace("http://localhost:8081", url).replace("localhost:8081", url).replace("<token>", ADMIN_TOKEN)
+    return (text.replace("http://localhost:8081", url).replace("localhost:8081", url)
+            .replace("<token>", ADMIN_TOKEN).replace("<app key>", APP_KEY))
+
+
+HOSTS = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|https?://(?!127\.|localhost\b)[a-z]")
+"""An address a snippet could reach outside this machine (an IPv4 literal, or a URL host other than the loopback)."""
 
 
 def run(lang: str, text: str, stack: dict) -> subprocess.CompletedProcess[str]:
     code = substitute(text, stack["url"])
+    outside = [m.group(0) for m in HOSTS.finditer(code) if not m.group(0).startswith("127.")]
+    assert not outside, f"a snippet run by the tests would reach {outside}: list it in NOT_RUN or use the loopback"
     args = [sys.executable, "-c", code] if lang == "python" else ["bash", "-euo", "pipefail", "-c", code]
     return subprocess.run(args, env=stack["env"], cwd=ROOT, capture_output=True, text=True, timeout=180)
 
