@@ -222,7 +222,7 @@ class InteractiveLane:
         except Exception as exc:
             _log_job(job, logging.ERROR, "could not start generation %s", job.id, exc_info=True)
             return job, failure_reply(exc)
-        self.stats.peak("peak_generations", len(pipeline.active))
+        self.stats.peak("peak_generations", pipeline.running)
         return job, StartReply(**self._base(pipeline, job, started))
 
     def _delta(self, job: Job, text: str) -> None:

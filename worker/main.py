@@ -96,7 +96,8 @@ class Worker:
         spec, started, s = self.registry.get(name), time.perf_counter(), self.settings
         chain = parse_chain(s.devices)
         pipeline = (Embedder(spec, chain, s.inference_threads) if spec.task == "embedding"
-                    else Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s)))
+                    else Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s),
+                                   s.max_new_tokens, s.kv_cache_mb))
         self.served.add(name, pipeline)
         log.info("loaded %s on %s in %.1fs", name, pipeline.device, time.perf_counter() - started)
 
@@ -180,7 +181,7 @@ class Worker:
 
     def _drain(self) -> None:
         """On a requested stop, finish the generations already admitted (they were acked)."""
-        while any(g.active for g in self.served.generators()):
+        while any(g.running for g in self.served.generators()):
             self._advance_generations()
 
     # --- the loop
@@ -236,11 +237,11 @@ class Worker:
             self._next_reap = time.monotonic() + self.settings.reap_interval_s
             if self.interactive.reclaim() | bool(self.reaper.run()):
                 return True
-        generating = any(g.active for g in self.served.generators())
+        generating = any(g.running for g in self.served.generators())
         read = self.interactive.read(block=not (busy or generating))
         for stream, entries in read:
             self.interactive.serve(stream.decode(), entries)
-        if generating or any(g.active for g in self.served.generators()):
+        if generating or any(g.running for g in self.served.generators()):
             self._advance_generations()
             return True
         if read:
@@ -252,7 +253,7 @@ class Worker:
         A generation model with requests in flight is unloaded once they finish."""
         for name in sorted(set(self.served.names()) - wanted):
             pipeline = self.served[name]
-            if isinstance(pipeline, Generator) and pipeline.active:
+            if isinstance(pipeline, Generator) and pipeline.running:
                 continue
             self.served.remove(name)
             self.redis.zrem(self.keys.live(name), self.worker_id)
