@@ -84,6 +84,30 @@ class _Fleet:
         for (model, device), n in per_model.items():
             live.add_metric([model, device], n)
         yield from (depth, util, busy, live, jobs, batches)
+        yield from _memory(self.beats)
+
+
+def _memory(beats: list[Heartbeat]) -> Iterable[Metric]:
+    """Each worker's resident memory and its generation models' KV cache (issue: Memory).
+
+    Not `process_resident_memory_bytes`: the facade's own process collector already exports that name for
+    itself, and two families of one name make the exposition unreadable to Prometheus.
+    """
+    rss = GaugeMetricFamily("npu_worker_resident_memory_bytes", "A worker process's resident memory.",
+                            labels=["node", "worker"])
+    labels = ["node", "worker", "model"]
+    configured = GaugeMetricFamily("npu_kv_cache_configured_bytes", "Most KV cache a generation model may take "
+                                   "on a worker (NPU_KV_CACHE_MB, or computed).", labels=labels)
+    allocated = GaugeMetricFamily("npu_kv_cache_allocated_bytes", "KV cache the engine holds now.", labels=labels)
+    used = GaugeMetricFamily("npu_kv_cache_used_bytes", "KV cache occupied by running generations.", labels=labels)
+    for b in beats:
+        if b.rss_bytes is not None:
+            rss.add_metric([b.node_id, b.worker_id], b.rss_bytes)
+        for model, cache in (b.kv_cache or {}).items():
+            configured.add_metric([b.node_id, b.worker_id, model], cache.configured_bytes)
+            allocated.add_metric([b.node_id, b.worker_id, model], cache.allocated_bytes)
+            used.add_metric([b.node_id, b.worker_id, model], cache.used_bytes)
+    yield from (rss, configured, allocated, used)
 
 
 def render(beats: list[Heartbeat]) -> bytes:
