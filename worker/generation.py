@@ -101,7 +101,7 @@ class Generator:
         def build(device: str) -> og.ContinuousBatchingPipeline:
             self.cache = kvcache.plan(shape, kvcache.cache_precision(device), max_sequences,
                                       spec.max_input_tokens + max_new_tokens, spec.kv_cache_mb or cache_mb)
-            return og.ContinuousBatchingPipeline(str(spec.path), scheduler, device, plugin_config(threads))
+            return og.ContinuousBatchingPipeline(str(spec.path), scheduler, device, plugin_config(threads, device))
 
         self.pipeline, self.device = first_that_compiles(build, chain, spec.name)
         log.info("%s: KV cache up to %d tokens (%.0f MB, %s)", spec.name, self.cache.tokens,
