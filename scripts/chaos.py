@@ -339,8 +339,9 @@ def rss_rows(samples: dict[tuple[str, int], list[tuple[float, float]]], settle_s
              min_span_s: float) -> list[dict[str, Any]]:
     """Growth of each process from its first sample `settle_s` after it was first seen (start-up, model loading
     and warm-up are not growth) to its last, and over the last half of that span. A process has reached its
-    plateau when that growth is under `bound_pct`; one watched for less than `min_span_s` after its warm-up (a
-    worker that replaced a killed one late) is reported but not judged (outside a soak nothing is judged)."""
+    plateau when that growth is under `bound_pct`; one watched for less than `min_span_s` after its warm-up (half
+    of the soak after warm-up: a worker that replaced a killed one late) is reported but not judged (outside a
+    soak nothing is judged)."""
     rows = []
     for (role, pid), points in samples.items():
         settled = [p for p in points if p[0] >= points[0][0] + settle_s]
@@ -400,7 +401,8 @@ async def run(args: argparse.Namespace, stack: Stack) -> Report:
     if stack.up.poll() is not None:
         report.unexpected_exits.append(stack.up.pid)
     report.rss = rss_rows(samples, settle_s=args.warmup_minutes * 60 if args.soak else 10.0,
-                          bound_pct=args.rss_bound_pct, min_span_s=args.duration / 2 if args.soak else float("inf"))
+                          bound_pct=args.rss_bound_pct,
+                          min_span_s=(args.duration - args.warmup_minutes * 60) / 2 if args.soak else float("inf"))
     for kill in report.kills:
         flight = kill.pop("in_flight")
         kill["in_flight"] = len(flight)
