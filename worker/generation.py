@@ -33,6 +33,8 @@ from .devices import first_that_compiles
 from .pipelines import plugin_config, require_model_dir
 
 log = logging.getLogger(__name__)
+MAX_STEP_TOKENS = og.SchedulerConfig().max_num_batched_tokens
+"""Most tokens the engine runs in one step (prompts are cut into steps of this many): its largest shape."""
 GREEDY_BELOW = 1e-2
 """Temperatures under this decode greedily: they pick the top token anyway, and a tiny one (1e-246 from a
 fuzzer) is 0 in the engine's float32, which it refuses while sampling."""
@@ -170,6 +172,17 @@ class Generator:
             self.reserved_blocks += request.blocks
             self.active[request_id] = _Active(handle, request.prompt_tokens, request.config.max_new_tokens,
                                               request.on_done, request.on_delta, request.blocks, request.started)
+
+    def warm_up(self) -> None:
+        """A full batch once at load (max_sequences prompts, a step of the engine's largest token count): its
+        first generation alone added 150 MB of buffers, and more concurrency more, so the footprint is reached
+        here and not during traffic."""
+        prompt = "word " * (MAX_STEP_TOKENS // self.max_sequences)
+        done: list[Generated | Exception] = []
+        for _ in range(self.max_sequences):
+            self.submit(prompt, 2, None, on_done=done.append)
+        while self.running:
+            self.step()
 
     def cache_state(self) -> KVCache:
         """For the heartbeat thread: plain integers the loop updates after each step."""

@@ -192,7 +192,8 @@ class InteractiveLane:
         texts = [t for job, _, _ in accepted for t in job.texts or []]
         started = time.time()
         try:
-            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats)
+            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats,
+                                      [n for _, counts, _ in accepted for n in counts])
         except Exception as exc:
             log.exception("embedding inference failed for %d jobs", len(accepted))
             return replies + [(job, failure_reply(exc)) for job, _, _ in accepted]

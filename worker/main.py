@@ -98,8 +98,12 @@ class Worker:
         pipeline = (Embedder(spec, chain, s.inference_threads) if spec.task == "embedding"
                     else Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s),
                                    s.max_new_tokens, s.kv_cache_mb))
+        if isinstance(pipeline, Embedder):
+            pipeline.warm_up(s.batch_max, inference.PADDED_TOKENS)
+        else:
+            pipeline.warm_up()
         self.served.add(name, pipeline)
-        log.info("loaded %s on %s in %.1fs", name, pipeline.device, time.perf_counter() - started)
+        log.info("loaded and warmed up %s on %s in %.1fs", name, pipeline.device, time.perf_counter() - started)
 
     def _ensure_groups(self) -> None:
         for name in self.served.names():
