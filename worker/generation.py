@@ -177,7 +177,13 @@ class Generator:
         """A full batch once at load (max_sequences prompts, a step of the engine's largest token count): its
         first generation alone added 150 MB of buffers, and more concurrency more, so the footprint is reached
         here and not during traffic."""
-        prompt = "word " * (MAX_STEP_TOKENS // self.max_sequences)
+        words = MAX_STEP_TOKENS // self.max_sequences
+        excess = self._chat("word " * words)[1] + 2 - self.cache.tokens  # a tiny cache takes shorter prompts
+        words -= max(0, excess)
+        if words < 1:
+            log.warning("%s: no warm-up, its KV cache (%d tokens) is too small", self.spec.name, self.cache.tokens)
+            return
+        prompt = "word " * words
         done: list[Generated | Exception] = []
         for _ in range(self.max_sequences):
             self.submit(prompt, 2, None, on_done=done.append)

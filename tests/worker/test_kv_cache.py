@@ -102,3 +102,20 @@ def test_worker_refuses_over_the_cache_with_429_and_keeps_serving(isolated: Sett
         assert 0 < beat.kv_cache[MODEL].allocated_bytes <= beat.kv_cache[MODEL].configured_bytes
     finally:
         proc.stop()
+
+
+def test_embedding_inferences_stay_within_the_padded_token_budget() -> None:
+    """The largest shape an embedding worker runs is bounded (its warm-up reaches it), whatever the batch."""
+    from worker.inference import PADDED_TOKENS, chunks
+
+    assert chunks([14] * 32, 32, 256) == [32]  # short texts still go 32 at a time
+    assert chunks([256] * 32, 32, 256) == [8, 8, 8, 8]
+    assert chunks([900, 5, 5], 32, 256) == [3]  # counted as the pipeline cuts them (max_input_tokens)
+    assert chunks([5] * 40, 32, 256) == [32, 8]
+    assert chunks([], 32, 256) == []
+    for counts in ([3, 200, 7, 256, 1, 64] * 9, [100] * 50):
+        sizes, row = chunks(counts, 32, 256), 0
+        assert sum(sizes) == len(counts)
+        for size in sizes:
+            assert size * max(min(n, 256) for n in counts[row:row + size]) <= PADDED_TOKENS
+            row += size
