@@ -177,6 +177,9 @@ class Generator:
         """A full batch once at load (max_sequences prompts, a step of the engine's largest token count): its
         first generation alone added 150 MB of buffers, and more concurrency more, so the footprint is reached
         here and not during traffic."""
+        if self.__dict__.get("warmed"):  # once per pipeline: its buffers stay
+            return
+        self.warmed = True
         words = MAX_STEP_TOKENS // self.max_sequences
         excess = self._chat("word " * words)[1] + 2 - self.cache.tokens  # a tiny cache takes shorter prompts
         words -= max(0, excess)

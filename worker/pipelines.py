@@ -60,6 +60,9 @@ class Embedder:
         """Run the largest shapes this worker will ever run (worker.inference.PADDED_TOKENS) once, at load: the
         engine keeps the buffers of the largest shape it ran, so the worker's footprint is reached here, not
         whenever traffic first brings such a batch."""
+        if self.__dict__.get("warmed"):  # once per pipeline: its buffers stay
+            return
+        self.warmed = True
         longest = self.spec.max_input_tokens
         for n, tokens in ((max(1, min(cap, padded_tokens // longest)), longest),
                           (cap, max(1, min(longest, padded_tokens // cap)))):
