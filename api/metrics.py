@@ -167,8 +167,33 @@ def _batches(state: FleetState) -> Metric:
     return batches
 
 
-FLEET_FAMILIES: list[Callable[[FleetState], Metric]] = [_queue_depth, _utilization, _busy, _live, _jobs, _reclaimed,
-                                                        _batches]
+def _rss(state: FleetState) -> Metric:
+    """Not `process_resident_memory_bytes`: the facade's own process collector exports that name for itself,
+    and two families of one name make the exposition unreadable to Prometheus."""
+    rss = GaugeMetricFamily("npu_worker_resident_memory_bytes", "A worker process's resident memory.",
+                            labels=["node", "worker"])
+    for b in state.beats:
+        if b.rss_bytes is not None:
+            rss.add_metric([b.node_id, b.worker_id], b.rss_bytes)
+    return rss
+
+
+def _kv_cache(kind: str, help_text: str) -> Callable[[FleetState], Metric]:
+    def family(state: FleetState) -> Metric:
+        gauge = GaugeMetricFamily(f"npu_kv_cache_{kind}_bytes", help_text, labels=["node", "worker", "model"])
+        for b in state.beats:
+            for model, cache in (b.kv_cache or {}).items():
+                gauge.add_metric([b.node_id, b.worker_id, model], getattr(cache, f"{kind}_bytes"))
+        return gauge
+    return family
+
+
+FLEET_FAMILIES: list[Callable[[FleetState], Metric]] = [
+    _queue_depth, _utilization, _busy, _live, _jobs, _reclaimed, _batches, _rss,
+    _kv_cache("configured", "Most KV cache a generation model may take on a worker (NPU_KV_CACHE_MB, or computed)."),
+    _kv_cache("allocated", "KV cache the engine holds now."),
+    _kv_cache("used", "KV cache occupied by running generations."),
+]
 
 
 class _Fleet:

@@ -34,6 +34,8 @@ class ErrorCode(str, Enum):
     MODEL_NOT_ON_NODE = "model_not_on_node"
     # capacity and availability
     OVERLOADED = "overloaded"
+    KV_CACHE_FULL = "kv_cache_full"
+    """A generation needs more KV cache (prompt + max_tokens) than the worker has for the model."""
     UNAVAILABLE = "unavailable"
     REDIS_UNAVAILABLE = "redis_unavailable"
     # a worker took the job and it failed
@@ -169,6 +171,14 @@ class OverloadedError(NPUError):
         super().__init__(message, retry_after_s=retry_after_s, **extra)
         self.retry_after_s = retry_after_s
         self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class CacheFullError(NPUError):
+    """429: the generation's worst case (prompt + max_tokens) does not fit the model's KV cache on a worker;
+    fewer max_tokens, a shorter prompt or a larger NPU_KV_CACHE_MB would."""
+
+    code = ErrorCode.KV_CACHE_FULL
+    status = 429
 
 
 class WorkerLostError(JobFailedError):

@@ -251,7 +251,12 @@ class Fleet:
                            "device": devices[0] if devices else None, "inferences": inferences,
                            "meanLatencyMs": round(busy_ms / inferences, 2) if inferences else None,
                            "throughputPerS": round(items * 1000 / busy_ms, 1) if busy_ms else None})
+        workers = [{"workerId": b.worker_id, "pid": b.pid, "rssBytes": b.rss_bytes,
+                    "kvCache": {m: c.model_dump() for m, c in (b.kv_cache or {}).items()}}
+                   for b in sorted(beats, key=lambda b: b.worker_id)]
+        reported = [b.rss_bytes for b in beats if b.rss_bytes is not None]
         return {"node_id": node_id, "models": models, "memoryGB": load.memory_gb, "utilization": load.utilization,
+                "workerMemoryBytes": sum(reported) if reported else None, "workers": workers,
                 "queueDepth": {m: {"interactive": s.interactive_depth, "bulk": s.bulk_depth}
                                for m, s in load.models.items()},
                 "history": await self.history(node_id)}

@@ -33,6 +33,8 @@ class ModelSpec(BaseModel):
     normalize: bool = True
     max_input_tokens: int = Field(512, ge=1)
     cloud_model: str | None = None
+    kv_cache_mb: int | None = Field(None, ge=1)
+    """Generation models: KV cache size; unset: NPU_KV_CACHE_MB, else computed (worker.kvcache)."""
 
 
 class Registry:

@@ -234,6 +234,18 @@ def read_reply(data: dict[str, Any]) -> Reply:
     return _REPLY.validate_python(data)
 
 
+class KVCache(BaseModel):
+    """One generation model's KV cache on a worker, in bytes."""
+
+    configured_bytes: int
+    """The most it may take: NPU_KV_CACHE_MB / the registry's kv_cache_mb, or computed from the model's shape
+    and the work admitted (the worker admits no generation that would need more)."""
+    allocated_bytes: int
+    """What the engine holds now: it grows to what the admitted generations needed at once, at most configured."""
+    used_bytes: int
+    """What running generations occupy."""
+
+
 class Heartbeat(BaseModel):
     """A worker's self-report, rewritten every heartbeat interval with a short TTL."""
 
@@ -257,6 +269,10 @@ class Heartbeat(BaseModel):
     busy_fraction: float
     """Share of the last interval spent in inference."""
     counters: dict[str, int]
+    rss_bytes: int | None = None
+    """The worker process's resident memory (absent in heartbeats of older workers)."""
+    kv_cache: dict[str, KVCache] | None = None
+    """Generation model -> its KV cache on this worker (absent in heartbeats of older workers)."""
 
 
 def utilization(queued: int, running: int, max_concurrent: int) -> float:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     generation_idle_s: float = Field(60.0, gt=0, description="Longest silence of a started generation "
                                      "before the caller gives up on it.")
     max_generations: int = Field(8, ge=1, description="Generations a worker runs at once (continuous batching).")
+    kv_cache_mb: int | None = Field(None, ge=1, description="KV cache of each generation model, in MB (a model's "
+                                    "`kv_cache_mb` in the registry wins). Unset: room for max_generations "
+                                    "sequences of the model's max_input_tokens + max_new_tokens, from its shape.")
     reply_ttl_s: int = Field(60, ge=1)
     bulk_result_ttl_s: int = Field(86400, ge=1)
     bulk_job_timeout_s: int = Field(600, ge=1)

@@ -11,6 +11,7 @@ bulk job vanished, or a process it did not kill exited).
 
     .venv/bin/python scripts/chaos.py                  # about a minute and a half
     .venv/bin/python scripts/chaos.py --soak           # 10 minutes; reports each process's RSS growth
+    .venv/bin/python scripts/chaos.py --soak-minutes 30  # RSS from minute 5 to 30 must grow < 5% (exit 1 if not)
     .venv/bin/python scripts/chaos.py --no-persist     # Redis comes back empty (no AOF)
 """
 
@@ -330,19 +331,31 @@ async def sample_rss(stack: Stack, samples: dict[tuple[str, int], list[tuple[flo
         await asyncio.sleep(every_s)
 
 
-def rss_rows(samples: dict[tuple[str, int], list[tuple[float, float]]], settle_s: float) -> list[dict[str, Any]]:
-    """Growth of each process from its first sample `settle_s` after it was first seen (start-up and model
-    loading are not growth) to its last, and over the last half of that span."""
+UNJUDGED = {"harness (load+cloud)"}
+"""The harness keeps every request's outcome for the report: it grows by design, so it is shown, not judged."""
+
+
+def rss_rows(samples: dict[tuple[str, int], list[tuple[float, float]]], settle_s: float, bound_pct: float,
+             min_span_s: float) -> list[dict[str, Any]]:
+    """Growth of each process from its first sample `settle_s` after it was first seen (start-up, model loading
+    and warm-up are not growth) to its last, and over the last half of that span. A process has reached its
+    plateau when that growth is under `bound_pct`; one watched for less than `min_span_s` after its warm-up (half
+    of the soak after warm-up: a worker that replaced a killed one late) is reported but not judged (outside a
+    soak nothing is judged)."""
     rows = []
     for (role, pid), points in samples.items():
         settled = [p for p in points if p[0] >= points[0][0] + settle_s]
         if len(settled) < 2:
             continue
         half = [p for p in settled if p[0] >= (settled[0][0] + settled[-1][0]) / 2]
+        growth_pct = 100 * (settled[-1][1] - settled[0][1]) / settled[0][1]
+        judged = role not in UNJUDGED and settled[-1][0] - settled[0][0] >= min_span_s
         rows.append({"role": role, "pid": pid, "from_s": round(settled[0][0]), "to_s": round(settled[-1][0]),
                      "first_mb": round(settled[0][1], 1), "last_mb": round(settled[-1][1], 1),
-                     "growth_mb": round(settled[-1][1] - settled[0][1], 1),
-                     "last_half_growth_mb": round(half[-1][1] - half[0][1], 1)})
+                     "peak_mb": round(max(p[1] for p in settled), 1),
+                     "growth_mb": round(settled[-1][1] - settled[0][1], 1), "growth_pct": round(growth_pct, 2),
+                     "last_half_growth_mb": round(half[-1][1] - half[0][1], 1),
+                     "plateau": None if not judged else growth_pct < bound_pct})
     return sorted(rows, key=lambda row: (row["role"], row["from_s"]))
 
 
@@ -387,7 +400,9 @@ async def run(args: argparse.Namespace, stack: Stack) -> Report:
     report.unexpected_exits = sorted(report.workers_seen - killed - set(stack.worker_pids()))
     if stack.up.poll() is not None:
         report.unexpected_exits.append(stack.up.pid)
-    report.rss = rss_rows(samples, settle_s=60.0 if args.soak else 10.0)
+    report.rss = rss_rows(samples, settle_s=args.warmup_minutes * 60 if args.soak else 10.0,
+                          bound_pct=args.rss_bound_pct,
+                          min_span_s=(args.duration - args.warmup_minutes * 60) / 2 if args.soak else float("inf"))
     for kill in report.kills:
         flight = kill.pop("in_flight")
         kill["in_flight"] = len(flight)
@@ -450,15 +465,21 @@ def print_summary(s: dict[str, Any]) -> None:
         print(f"bulk (plain RQ)      {s['bulk']}")
     print(f"processes            {len(s['unexpected_exits'])} exited unexpectedly {s['unexpected_exits'] or ''}")
     for row in s["rss"]:
+        verdict = {True: "plateau", False: f"GROWING (>= {s['rss_bound_pct']}%)", None: "not judged"}[row["plateau"]]
         print(f"rss {row['role']:<20} pid {row['pid']:<7} {row['first_mb']:>7} -> {row['last_mb']:>7} MB "
-              f"({row['growth_mb']:+} MB from {row['from_s']}s to {row['to_s']}s; "
-              f"last half {row['last_half_growth_mb']:+})")
+              f"({row['growth_mb']:+} MB, {row['growth_pct']:+}%, from {row['from_s']}s to {row['to_s']}s; "
+              f"last half {row['last_half_growth_mb']:+}; peak {row['peak_mb']}): {verdict}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=90.0, help="least seconds of load (events permitting)")
     parser.add_argument("--soak", action="store_true", help="10 minutes of load; report RSS growth per process")
+    parser.add_argument("--soak-minutes", type=float, help="a soak this long (implies --soak)")
+    parser.add_argument("--warmup-minutes", type=float, default=5.0,
+                        help="soak: RSS growth is measured from this long after a process started")
+    parser.add_argument("--rss-bound-pct", type=float, default=5.0,
+                        help="soak: exit 1 when a process's RSS grows more than this after its warm-up")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=6, help="concurrent embedding clients")
     parser.add_argument("--kills", type=int, default=3)
@@ -469,8 +490,10 @@ def main() -> int:
                         help="Redis without AOF: it comes back empty (no bulk jobs then)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
+    if args.soak_minutes:
+        args.soak = True
     if args.soak:
-        args.duration = max(args.duration, 600.0)
+        args.duration = max(args.duration, 60 * (args.soak_minutes or 10.0))
     with tempfile.TemporaryDirectory(prefix="npu-chaos-") as tmp:
         stack = Stack(Path(tmp), args.workers, args.persist, args.deadline)
         try:
@@ -480,10 +503,13 @@ def main() -> int:
             summary = summarize(asyncio.run(run(args, stack)))
         finally:
             stack.close()
+    summary["rss_bound_pct"] = args.rss_bound_pct
     print_summary(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
-    failed = summary["lost"] or summary["hung"] or summary["bulk"].get("lost") or summary["unexpected_exits"]
+    growing = [row for row in summary["rss"] if row["plateau"] is False]
+    failed = (summary["lost"] or summary["hung"] or summary["bulk"].get("lost") or summary["unexpected_exits"]
+              or growing)
     return 1 if failed else 0
 
 

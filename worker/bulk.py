@@ -164,7 +164,8 @@ class BulkLane:
                batch: list[tuple[RQJob, Execution, list[int], list[bool]]]) -> None:
         texts = [t for job, *_ in batch for t in job.kwargs["texts"]]
         try:
-            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats)
+            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats,
+                                      [n for _, _, counts, _ in batch for n in counts])
         except Exception as exc:
             log.exception("bulk embedding failed for %d jobs", len(batch))
             for job, execution, *_ in batch:

@@ -4,6 +4,12 @@
 one prompt at a time and is not safe from several threads, while here every active request gains a
 token per step (4 concurrent generations measured 3.2x the tokens/s of one on this CPU). The worker
 loop calls `step()` between its Redis reads, so interactive and bulk jobs join a running batch.
+
+The KV cache is bounded by admission (`worker.kvcache`): the engine allocates it as the admitted requests
+need it (measured: exactly their prompt + max_tokens, in blocks), and a request enters the engine only
+when its worst case fits next to the others' within the model's cache size; until then it waits here.
+A fixed pool instead would be touched block after block (the engine hands out freed blocks in turn), so
+a worker's RSS climbed to the whole pool even when no more than two blocks were ever in use.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,16 +25,19 @@ import numpy as np
 import openvino as ov
 import openvino_genai as og
 
-from dispatcher.errors import ErrorCode, InvalidInputError
+from dispatcher.errors import CacheFullError, ErrorCode, InvalidInputError
 from dispatcher.models import ModelSpec
-from dispatcher.protocol import Prompt, as_messages
+from dispatcher.protocol import KVCache, Prompt, as_messages
 from dispatcher.settings import Settings
 
+from . import kvcache
 from .chat import ChatEncoder
 from .devices import first_that_compiles
 from .pipelines import plugin_config, require_model_dir
 
 log = logging.getLogger(__name__)
+MAX_STEP_TOKENS = og.SchedulerConfig().max_num_batched_tokens
+"""Most tokens the engine runs in one step (prompts are cut into steps of this many): its largest shape."""
 GREEDY_BELOW = 1e-2
 """Temperatures under this decode greedily: they pick the top token anyway, and a tiny one (1e-246 from a
 fuzzer) is 0 in the engine's float32, which it refuses while sampling."""
@@ -44,12 +54,29 @@ class Generated:
 
 
 @dataclass
+class _Waiting:
+    """A request admitted by the worker whose KV cache is not free yet."""
+
+    ids: list[int]
+    """The prompt's token ids (worker/chat.py: contents stay plain text)."""
+    config: og.GenerationConfig
+    prompt_tokens: int
+    blocks: int
+    on_done: Callable[[Generated | Exception], None]
+    on_delta: Callable[[str], None] | None
+    stop: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
 class _Active:
     handle: og.GenerationHandle
     prompt_tokens: int
     max_tokens: int
     on_done: Callable[[Generated | Exception], None]
     on_delta: Callable[[str], None] | None
+    blocks: int = 0
+    """KV-cache blocks reserved for its worst case (prompt + max_tokens)."""
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     ids: list[int] = field(default_factory=list)
@@ -60,27 +87,52 @@ class _Active:
 
 class Generator:
     def __init__(self, spec: ModelSpec, chain: list[str], max_sequences: int = 8, threads: int = 0,
-                 default_max_tokens: int = Settings.model_fields["default_new_tokens"].default):
+                 default_max_tokens: int = Settings.model_fields["default_new_tokens"].default,
+                 max_new_tokens: int = Settings.model_fields["max_new_tokens"].default,
+                 cache_mb: int | None = None):
         """`default_max_tokens`: for a job that does not say (the dispatcher always does; a backend's plain
-        `Queue.enqueue` may not); `threads` as for `Embedder` (NPU_INFERENCE_THREADS)."""
+        `Queue.enqueue` may not); `threads` as for `Embedder` (NPU_INFERENCE_THREADS); `cache_mb`:
+        NPU_KV_CACHE_MB (the registry's `kv_cache_mb` wins), else the cache is computed for `max_sequences`
+        sequences of `max_input_tokens + max_new_tokens` (`worker.kvcache`)."""
         require_model_dir(spec)
         self.spec = spec
         self.max_sequences = max_sequences
         self.default_max_tokens = default_max_tokens
+        shape = kvcache.ModelShape.read(spec.path)
         scheduler = og.SchedulerConfig()
-        scheduler.cache_size = 1  # GB of KV cache: ample for a small model and a few sequences
+        # Neither cache_size nor num_kv_blocks: the engine allocates what the admitted requests need, and
+        # admission (`self.cache`) bounds that.
+        scheduler.cache_size = 0
+        scheduler.num_kv_blocks = 0
         scheduler.max_num_seqs = max_sequences
-        self.pipeline, self.device = first_that_compiles(
-            lambda device: og.ContinuousBatchingPipeline(str(spec.path), scheduler, device, plugin_config(threads)),
-            chain, spec.name)
+
+        def build(device: str) -> og.ContinuousBatchingPipeline:
+            self.cache = kvcache.plan(shape, kvcache.cache_precision(device), max_sequences,
+                                      spec.max_input_tokens + max_new_tokens, spec.kv_cache_mb or cache_mb)
+            return og.ContinuousBatchingPipeline(str(spec.path), scheduler, device, plugin_config(threads, device))
+
+        self.pipeline, self.device = first_that_compiles(build, chain, spec.name)
+        log.info("%s: KV cache up to %d tokens (%.0f MB, %s)", spec.name, self.cache.tokens,
+                 self.cache.estimated_bytes / 2**20, self.cache.source)
         self.tokenizer = self.pipeline.get_tokenizer()
         self.chat = ChatEncoder(self.tokenizer)
         self.active: dict[int, _Active] = {}
+        self.waiting: deque[_Waiting] = deque()
+        self.reserved_blocks = 0
+        self.allocated_bytes = 0
+        """KV cache the engine holds now (it grows to what the admitted requests needed at most)."""
+        self.used_bytes = 0
+        """KV cache occupied by running sequences, at the last step."""
         self._ids = itertools.count()
 
     @property
     def free_slots(self) -> int:
-        return max(0, self.max_sequences - len(self.active))
+        return max(0, self.max_sequences - len(self.active) - len(self.waiting))
+
+    @property
+    def running(self) -> int:
+        """Generations this engine owes an answer: in the engine, or waiting for KV cache."""
+        return len(self.active) + len(self.waiting)
 
     def _chat(self, prompt: Prompt) -> list[int]:
         """Token ids, not the template's text: contents must stay plain text (worker/chat.py)."""
@@ -114,15 +166,61 @@ class Generator:
         if stop:
             config.stop_strings = set(stop)
             config.include_stop_str_in_output = False
-        request_id = next(self._ids)
-        handle = self.pipeline.add_request(request_id, ov.Tensor(np.array([ids], dtype=np.int64)), config)
-        self.active[request_id] = _Active(handle, prompt_tokens, config.max_new_tokens, on_done, on_delta,
-                                          stop=list(stop or []))
+        blocks = kvcache.blocks_for(prompt_tokens + config.max_new_tokens)
+        if blocks > self.cache.blocks:
+            need = prompt_tokens + config.max_new_tokens
+            raise CacheFullError(
+                f"the prompt ({prompt_tokens} tokens) and max_tokens ({config.max_new_tokens}) need {need} tokens "
+                f"of KV cache; {self.spec.name} has {self.cache.tokens} on this worker (ask for fewer max_tokens, "
+                "or raise NPU_KV_CACHE_MB)", tokens=need, limit=self.cache.tokens)
+        self.waiting.append(_Waiting(ids, config, prompt_tokens, blocks, on_done, on_delta, list(stop or [])))
+        self._admit()
+
+    def _admit(self) -> None:
+        """Move waiting requests into the engine, in order, while their worst case fits the cache."""
+        while self.waiting and self.reserved_blocks + self.waiting[0].blocks <= self.cache.blocks:
+            request = self.waiting.popleft()
+            request_id = next(self._ids)
+            handle = self.pipeline.add_request(request_id, ov.Tensor(np.array([request.ids], dtype=np.int64)),
+                                                request.config)
+            self.reserved_blocks += request.blocks
+            self.active[request_id] = _Active(handle, request.prompt_tokens, request.config.max_new_tokens,
+                                              request.on_done, request.on_delta, request.blocks, request.started,
+                                              stop=request.stop)
+
+    def warm_up(self) -> None:
+        """A full batch once at load (max_sequences prompts, a step of the engine's largest token count): its
+        first generation alone added 150 MB of buffers, and more concurrency more, so the footprint is reached
+        here and not during traffic."""
+        if self.__dict__.get("warmed"):  # once per pipeline: its buffers stay
+            return
+        self.warmed = True
+        words = MAX_STEP_TOKENS // self.max_sequences
+        excess = len(self._chat("word " * words)) + 2 - self.cache.tokens  # a tiny cache takes shorter prompts
+        words -= max(0, excess)
+        if words < 1:
+            log.warning("%s: no warm-up, its KV cache (%d tokens) is too small", self.spec.name, self.cache.tokens)
+            return
+        prompt = "word " * words
+        done: list[Generated | Exception] = []
+        for _ in range(self.max_sequences):
+            self.submit(prompt, 2, None, on_done=done.append)
+        while self.running:
+            self.step()
+
+    def cache_state(self) -> KVCache:
+        """For the heartbeat thread: plain integers the loop updates after each step."""
+        return KVCache(configured_bytes=self.cache.estimated_bytes, allocated_bytes=self.allocated_bytes,
+                       used_bytes=self.used_bytes)
+
+    def _release(self, request: _Active) -> None:
+        self.reserved_blocks -= request.blocks
 
     def step(self) -> int:
-        """Advance every active generation by one token; returns how many are still running."""
+        """Advance every active generation by one token; returns how many are still running or waiting."""
+        self._admit()
         if not self.active:
-            return 0
+            return len(self.waiting)
         try:
             self.pipeline.step()
         except Exception as exc:
@@ -130,7 +228,11 @@ class Generator:
             for request in self.active.values():
                 request.on_done(exc)
             self.active.clear()
-            return 0
+            self.reserved_blocks = 0
+            return len(self.waiting)
+        metrics = self.pipeline.get_metrics()
+        self.allocated_bytes = int(metrics.cache_size_in_bytes)
+        self.used_bytes = int(metrics.cache_usage / 100 * metrics.cache_size_in_bytes)
         now = time.perf_counter()
         for request_id, request in list(self.active.items()):
             if request.handle.can_read():
@@ -143,6 +245,11 @@ class Generator:
             status = request.handle.get_status()
             if status != og.GenerationStatus.RUNNING:
                 del self.active[request_id]
+                self._release(request)
+                if status == og.GenerationStatus.IGNORED:  # the engine found no cache for it: never silent
+                    request.on_done(CacheFullError(f"{self.spec.name}: the engine had no KV cache for this "
+                                                   "generation; try again", tokens=request.prompt_tokens))
+                    continue
                 text, stopped = _cut(self.tokenizer.decode(request.ids), request.stop)
                 if request.on_delta and len(text) > request.sent:
                     request.on_delta(text[request.sent:])
@@ -155,7 +262,8 @@ class Generator:
                     finish_reason=reason,
                     ttft_ms=((request.first_token or now) - request.started) * 1000,
                     duration_ms=(now - request.started) * 1000))
-        return len(self.active)
+        self._admit()
+        return self.running
 
     def _emit(self, request: _Active) -> None:
         text = self.tokenizer.decode(request.ids)

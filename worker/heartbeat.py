@@ -28,7 +28,7 @@ from dispatcher.settings import DEAD_WORKER_MEMORY_S, Settings
 
 from .routes import Routes
 from .served import Served
-from .stats import Stats
+from .stats import Stats, rss_bytes
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.1
@@ -131,7 +131,8 @@ class HeartbeatThread(threading.Thread):
             models=served.models, devices=served.devices, max_concurrent=s.max_concurrent, memory_gb=memory_gb(),
             queue_depth=depth, queue_depths=depths, running=running,
             utilization=utilization(depth, running, s.max_concurrent),
-            busy_fraction=round(busy_fraction, 3), counters=stats.counters)
+            busy_fraction=round(busy_fraction, 3), counters=stats.counters, rss_bytes=rss_bytes(),
+            kv_cache=served.kv_cache or None)
         expires = now + s.heartbeat_ttl_s
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(keys.worker(self.worker_id), pack(beat), px=int(s.heartbeat_ttl_s * 1000))

@@ -196,7 +196,8 @@ class InteractiveLane:
         texts = [t for job, _, _ in accepted for t in job.texts or []]
         started = time.time()
         try:
-            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats)
+            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats,
+                                      [n for _, counts, _ in accepted for n in counts])
         except Exception as exc:
             log.exception("embedding inference failed for %d jobs", len(accepted))
             return replies + [(job, failure_reply(exc)) for job, _, _ in accepted]
@@ -226,7 +227,7 @@ class InteractiveLane:
         except Exception as exc:
             _log_job(job, logging.ERROR, "could not start generation %s", job.id, exc_info=True)
             return job, failure_reply(exc)
-        self.stats.peak("peak_generations", len(pipeline.active))
+        self.stats.peak("peak_generations", pipeline.running)
         return job, StartReply(**self._base(pipeline, job, started))
 
     def _delta(self, job: Job, text: str) -> None:

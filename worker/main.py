@@ -96,9 +96,14 @@ class Worker:
         spec, started, s = self.registry.get(name), time.perf_counter(), self.settings
         chain = parse_chain(s.devices)
         pipeline = (Embedder(spec, chain, s.inference_threads, s.embed_one_pass) if spec.task == "embedding"
-                    else Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s)))
+                    else Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s),
+                                   s.max_new_tokens, s.kv_cache_mb))
+        if isinstance(pipeline, Embedder):
+            pipeline.warm_up(s.batch_max, inference.PADDED_TOKENS)
+        else:
+            pipeline.warm_up()
         self.served.add(name, pipeline)
-        log.info("loaded %s on %s in %.1fs", name, pipeline.device, time.perf_counter() - started)
+        log.info("loaded and warmed up %s on %s in %.1fs", name, pipeline.device, time.perf_counter() - started)
 
     def _ensure_groups(self) -> None:
         for name in self.served.names():
@@ -184,9 +189,9 @@ class Worker:
         were acked) run to their end, still announced by the heartbeat so their callers keep waiting.
         Jobs still queued stay for the peers; `run` then deregisters (RQ too) and the process exits 0."""
         self.heartbeat.leave_routing()
-        held = sum(len(g.active) for g in self.served.generators())
+        held = sum(g.running for g in self.served.generators())
         started = time.monotonic()
-        while any(g.active for g in self.served.generators()):
+        while any(g.running for g in self.served.generators()):
             self._advance_generations()
         log.info("worker %s drained: %d generation(s) finished in %.1fs", self.worker_id, held,
                  time.monotonic() - started)
@@ -246,11 +251,11 @@ class Worker:
             self._next_reap = time.monotonic() + self.settings.reap_interval_s
             if self.interactive.reclaim() | bool(self.reaper.run()):
                 return True
-        generating = any(g.active for g in self.served.generators())
+        generating = any(g.running for g in self.served.generators())
         read = self.interactive.read(block=not (busy or generating))
         for stream, entries in read:
             self.interactive.serve(stream.decode(), entries)
-        if generating or any(g.active for g in self.served.generators()):
+        if generating or any(g.running for g in self.served.generators()):
             self._advance_generations()
             return True
         if read:
@@ -262,7 +267,7 @@ class Worker:
         A generation model with requests in flight is unloaded once they finish."""
         for name in sorted(set(self.served.names()) - wanted):
             pipeline = self.served[name]
-            if isinstance(pipeline, Generator) and pipeline.active:
+            if isinstance(pipeline, Generator) and pipeline.running:
                 continue
             self.served.remove(name)
             self.redis.zrem(self.keys.live(name), self.worker_id)

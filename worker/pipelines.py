@@ -12,15 +12,24 @@ from dispatcher.models import ModelSpec
 
 from .devices import first_that_compiles
 
+CPU_SHAPE_CACHE = 256
+"""Input shapes whose compiled kernels the CPU plugin keeps (CPU_RUNTIME_CACHE_CAPACITY; its default 5000).
+Every new (batch, tokens) shape of an embedding batch, and every new token count of a generation step, adds
+an entry: with the default, an embedding worker fed batches of 1-32 texts of varying length grew
+230 -> 653 MB over 3,500 batches and was still growing; with 50 entries, 230 -> 470 MB."""
+
 
 # One synchronous pipeline per worker process with the LATENCY hint: THROUGHPUT with one synchronous
 # caller ran at half speed here, and a second pipeline in another thread was slower (docs/architecture.md).
-def plugin_config(threads: int = 0) -> dict[str, object]:
+def plugin_config(threads: int = 0, device: str = "CPU") -> dict[str, object]:
     """`threads` > 0 caps the CPU threads of one inference (NPU_INFERENCE_THREADS), for several worker
-    processes sharing the cores; 0 lets OpenVINO use them all."""
+    processes sharing the cores; 0 lets OpenVINO use them all. The shape cache is bounded on CPU only (other
+    plugins refuse the property)."""
     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
+    if device.upper().startswith("CPU"):
+        config["CPU_RUNTIME_CACHE_CAPACITY"] = CPU_SHAPE_CACHE
     return config
 
 
@@ -50,7 +59,7 @@ class Embedder:
         # The pipeline truncates to this; the worker refuses longer input first unless truncation is asked.
         config.max_length = spec.max_input_tokens
         self.pipeline, self.device = first_that_compiles(
-            lambda device: og.TextEmbeddingPipeline(str(spec.path), device, config, **plugin_config(threads)),
+            lambda device: og.TextEmbeddingPipeline(str(spec.path), device, config, **plugin_config(threads, device)),
             chain, spec.name)
         # The tokenizer model compiled on its own counts tokens 4x faster than openvino_genai.Tokenizer.encode
         # (0.4 vs 1.7 ms for 32 short texts here), and every text is counted before it is embedded.
@@ -60,8 +69,8 @@ class Embedder:
         model_file = spec.path / "openvino_model.xml"
         if one_pass and model_file.is_file() and not self.device.startswith("NPU"):
             # The device the pipeline compiled on; its plugin takes the model's dynamic shapes.
-            self._model = core.compile_model(model_file, self.device.split(",")[0].split(":")[-1],
-                                             plugin_config(threads))
+            device = self.device.split(",")[0].split(":")[-1]
+            self._model = core.compile_model(model_file, device, plugin_config(threads, device))
             self._inputs = {i.get_any_name() for i in self._model.inputs}
         self._last: tuple[dict[str, int], dict[str, np.ndarray]] | None = None
         """The last batch `count_tokens` tokenized (text -> row, arrays), for `embed` to reuse."""
@@ -69,6 +78,21 @@ class Embedder:
     @property
     def one_pass(self) -> bool:
         return self._model is not None
+
+    def warm_up(self, cap: int, padded_tokens: int) -> None:
+        """Run the largest shapes this worker will ever run (worker.inference.PADDED_TOKENS) once, at load: the
+        engine keeps the buffers of the largest shape it ran, so the worker's footprint is reached here, not
+        whenever traffic first brings such a batch."""
+        if self.__dict__.get("warmed"):  # once per pipeline: its buffers stay
+            return
+        self.warmed = True
+        longest = self.spec.max_input_tokens
+        for n, tokens in ((max(1, min(cap, padded_tokens // longest)), longest),
+                          (cap, max(1, min(longest, padded_tokens // cap)))):
+            texts = ["word " * max(1, tokens - 2)] * n  # with [CLS] and [SEP]: `tokens` tokens, within the limit
+            self.embed(texts)
+            if self._model is not None:  # the pipeline serves input cut by `truncate`: its largest shape too
+                self.pipeline.embed_documents(texts)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         out = self._tokenize(texts)

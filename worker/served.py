@@ -11,6 +11,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dispatcher.protocol import KVCache
+
 from .devices import device_type
 from .generation import Generator
 from .pipelines import Embedder
@@ -25,7 +27,9 @@ class ServedState:
     devices: dict[str, str]
     """model -> OpenVINO execution device(s) really used, e.g. `CPU`."""
     generating: int
-    """Generations running in the engines."""
+    """Generations running in the engines (or admitted and waiting for KV cache)."""
+    kv_cache: dict[str, KVCache]
+    """Generation model -> its KV cache."""
 
     @property
     def models(self) -> dict[str, str]:
@@ -67,4 +71,6 @@ class Served:
         with self._lock:
             pipelines = self._pipelines
         return ServedState(devices={name: p.device for name, p in pipelines.items()},
-                           generating=sum(len(p.active) for p in pipelines.values() if isinstance(p, Generator)))
+                           generating=sum(p.running for p in pipelines.values() if isinstance(p, Generator)),
+                           kv_cache={name: p.cache_state() for name, p in pipelines.items()
+                                     if isinstance(p, Generator)})

@@ -13,8 +13,21 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
+
+import psutil
 
 from dispatcher.protocol import BATCH_BUCKETS
+
+
+@cache
+def _me() -> psutil.Process:
+    return psutil.Process()
+
+
+def rss_bytes() -> int:
+    """This process's resident memory, for the heartbeat: what an operator sizes machines by."""
+    return int(_me().memory_info().rss)
 
 
 @dataclass(frozen=True)

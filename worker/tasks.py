@@ -48,7 +48,8 @@ def _pipeline(model: str) -> Embedder | Generator:
     spec, chain = Registry.load(s).get(model), parse_chain(s.devices)
     if spec.task == "embedding":
         return Embedder(spec, chain, s.inference_threads, s.embed_one_pass)
-    return Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s))
+    return Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s), s.max_new_tokens,
+                     s.kv_cache_mb)
 
 
 def embed(texts: list[str], model: str, truncate: bool = False) -> dict[str, Any]:

@@ -20,6 +20,20 @@ export const NPUDetailsPanel = {
       return Object.values(this.details.queueDepth).reduce((s, q) => s + q.interactive + q.bulk, 0);
     },
     samples() { return this.details ? this.details.history.length : 0; },
+    workerMemory() {
+      // The workers' own resident memory (their heartbeats), next to the machine's total.
+      const bytes = this.details && this.details.workerMemoryBytes;
+      return bytes == null ? "—" : num(bytes / 2 ** 30, 2, " GB");
+    },
+    workerMemoryTitle() {
+      if (!this.details || !this.details.workers) return "";
+      return this.details.workers.map((w) => {
+        const caches = Object.entries(w.kvCache || {}).map(([m, c]) =>
+          `${m} KV cache ${num(c.allocated_bytes / 2 ** 20, 0)} of ${num(c.configured_bytes / 2 ** 20, 0)} MB`);
+        return [`${w.workerId}: ${w.rssBytes == null ? "—" : num(w.rssBytes / 2 ** 20, 0, " MB")}`, ...caches]
+          .join(", ");
+      }).join("\n");
+    },
   },
   async mounted() {
     await this.load();
@@ -118,6 +132,8 @@ export const NPUDetailsPanel = {
       <div class="tile"><span class="label">Device</span><span>{{ device || "—" }}</span></div>
       <div class="tile"><span class="label">Memory</span>
         <span data-test="memory">{{ details ? num(details.memoryGB, 1, " GB") : "—" }}</span></div>
+      <div class="tile"><span class="label">Worker memory</span>
+        <span data-test="worker-memory" :title="workerMemoryTitle">{{ workerMemory }}</span></div>
       <div class="tile"><span class="label">Queue depth</span>
         <span data-test="queue">{{ queueTotal == null ? "—" : queueTotal }}</span></div>
       <div class="tile"><span class="label">Utilization</span>

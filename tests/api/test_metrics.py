@@ -123,3 +123,20 @@ def test_fallbacks_are_counted_with_their_reason(isolated: Settings, cloud: Clou
         before = value(scrape(c), "npu_fallbacks_total", model=MODEL, reason="no_worker")
         assert c.post("/embeddings", json={"texts": ["x"], "model": MODEL}).json()["source"] == "cloud"
         assert value(scrape(c), "npu_fallbacks_total", model=MODEL, reason="no_worker") == before + 1
+
+
+def test_worker_memory_and_kv_cache_are_exported_and_in_the_details(settings: Settings, worker: WorkerProcess) -> None:
+    """Each worker's RSS and its generation model's KV cache, from the heartbeat, in /metrics and the node details."""
+    beat = worker.beat()
+    assert beat is not None and beat.rss_bytes and beat.kv_cache
+    with signed(TestClient(create_app(settings))) as c:
+        samples = scrape(c)
+        details = c.get(f"/api/nodes/{settings.node_id}/npu/details").json()
+    rss = value(samples, "npu_worker_resident_memory_bytes", worker=beat.worker_id)
+    assert 50 * 2**20 < rss < 8 * 2**30
+    configured = value(samples, "npu_kv_cache_configured_bytes", worker=beat.worker_id, model="smollm2-135m-instruct")
+    assert configured == beat.kv_cache["smollm2-135m-instruct"].configured_bytes > 0
+    assert value(samples, "npu_kv_cache_allocated_bytes", worker=beat.worker_id) <= configured
+    mine = next(w for w in details["workers"] if w["workerId"] == beat.worker_id)
+    assert mine["rssBytes"] > 50 * 2**20 and "smollm2-135m-instruct" in mine["kvCache"]
+    assert details["workerMemoryBytes"] >= mine["rssBytes"]

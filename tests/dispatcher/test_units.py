@@ -10,7 +10,17 @@ import pytest
 from dispatcher.client import Dispatcher
 from dispatcher.errors import InputTooLargeError, InvalidInputError, ModelNotFoundError
 from dispatcher.models import Registry
-from dispatcher.protocol import EmbeddingReply, Job, Keys, MsgpackSerializer, pack, read_reply, unpack
+from dispatcher.protocol import (
+    EmbeddingReply,
+    Heartbeat,
+    Job,
+    Keys,
+    KVCache,
+    MsgpackSerializer,
+    pack,
+    read_reply,
+    unpack,
+)
 from dispatcher.settings import Settings
 
 
@@ -28,6 +38,20 @@ def test_job_and_reply_survive_the_codec() -> None:
     reply = EmbeddingReply(vectors=b"\x00" * 8, dim=2)
     decoded = read_reply(unpack(pack(reply)))
     assert isinstance(decoded, EmbeddingReply) and decoded.matrix().shape == (1, 2)
+
+
+def test_heartbeats_of_older_and_newer_workers_read_both_ways() -> None:
+    """The memory fields are optional: a beat without them (an older worker) reads as None."""
+    base = dict(worker_id="w", node_id="n", pid=1, started=0.0, at=1.0, models={}, devices={}, max_concurrent=1,
+                memory_gb=1.0, queue_depth=0, queue_depths={}, running=0, utilization=0.0, busy_fraction=0.0,
+                counters={})
+    old = Heartbeat.model_validate(unpack(pack(base)))
+    assert old.rss_bytes is None and old.kv_cache is None
+    new = Heartbeat(**base, rss_bytes=123, kv_cache={"m": KVCache(configured_bytes=3, allocated_bytes=2, used_bytes=1)})
+    read = Heartbeat.model_validate(unpack(pack(new)))
+    assert read.rss_bytes == 123 and read.kv_cache == new.kv_cache
+    # An older reader's Heartbeat is this one without the new fields; pydantic ignores unknown keys.
+    assert Heartbeat.model_config.get("extra", "ignore") == "ignore"
 
 
 def test_rq_serializer_round_trips_job_data() -> None:

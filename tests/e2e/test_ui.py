@@ -10,6 +10,7 @@ and a second facade that stands for another node's address.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import uuid
@@ -217,6 +218,9 @@ def test_unloading_a_model_in_the_details_panel_changes_the_card(page: Page, sit
     row = panel.locator(f"tr[data-model='{MODEL}']")
     expect(row.locator("[data-test=model-state]")).to_have_text("loaded")
     expect(panel.locator("[data-test=memory]")).to_contain_text("GB")
+    # The worker's own RSS, from its heartbeat, next to the machine's memory.
+    expect(panel.locator("[data-test=worker-memory]")).to_have_text(re.compile(r"^\d+\.\d\d GB$"))
+    expect(panel.locator("[data-test=worker-memory]")).to_have_attribute("title", re.compile(r"\d+ MB"))
     row.locator("[data-test=unload]").click()
     try:
         expect(node_card.locator("[data-test=model-count]")).to_have_text("0", timeout=WAIT_MS)

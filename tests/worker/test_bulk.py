@@ -19,6 +19,7 @@ from dispatcher.settings import Settings
 from tests.conftest import WorkerProcess
 from worker import generation
 from worker.generation import Generator
+from worker.pipelines import CPU_SHAPE_CACHE
 
 MODEL, LLM = "all-minilm-l6-v2", "smollm2-135m-instruct"
 TOO_LONG = ["word " * 400]
@@ -79,7 +80,7 @@ def test_bulk_jobs_get_rq_callbacks_retries_and_statistics(isolated: Settings) -
         assert rq_worker is not None
         assert rq_worker.successful_job_count == 2 and rq_worker.failed_job_count == 3
         deadline = time.monotonic() + isolated.heartbeat_interval_s + 5
-        # Both counters: a heartbeat taken between the last failure and the generation's end has only one.
+        # Until a beat taken after the last job ended (one taken between two of them has part of the counts).
         while ((counters := _counters(proc)).get("bulk_failed", 0) < 3 or counters.get("bulk_jobs", 0) < 2) \
                 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -100,6 +101,7 @@ def test_generation_honours_inference_threads(settings: Settings, monkeypatch: p
     monkeypatch.setattr(generation.og, "ContinuousBatchingPipeline", recording)
     generator = Generator(Registry.load(settings).get(LLM), ["CPU"], max_sequences=2, threads=1,
                           default_max_tokens=2)
-    assert seen == [{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}]
+    assert seen == [{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
+                     "CPU_RUNTIME_CACHE_CAPACITY": CPU_SHAPE_CACHE}]
     result = generator.generate("Count from one to one hundred.")
     assert result.completion_tokens == 2 and result.finish_reason == "length"
