@@ -61,11 +61,7 @@ class Dispatcher(_Driver):
         value: Any = None
         error: BaseException | None = None
         try:
-            while True:
-                try:
-                    item = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration:
-                    return
+            while (item := _resume(flow, value, error)) is not _END:
                 value, error = None, None
                 if not isinstance(item, Effect):
                     yield item
@@ -79,10 +75,7 @@ class Dispatcher(_Driver):
 
     def _perform(self, effect: Effect) -> Any:
         if isinstance(effect, Commands):
-            pipe = self.redis.pipeline(transaction=False)
-            for name, args in effect.calls:
-                getattr(pipe, name)(*args)
-            return pipe.execute()
+            return _pipeline(self.redis, effect).execute()
         if isinstance(effect, LookUp):
             return self.core.cached_route(effect.model) or _only(self._drive(self.core.look_up(effect.model)))
         if isinstance(effect, Send):
@@ -207,11 +200,7 @@ class AsyncDispatcher(_Driver):
         error: BaseException | None = None
         jobs: list[str] = []
         try:
-            while True:
-                try:
-                    item = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration:
-                    return
+            while (item := _resume(flow, value, error)) is not _END:
                 value, error = None, None
                 if not isinstance(item, Effect):
                     yield item
@@ -227,10 +216,7 @@ class AsyncDispatcher(_Driver):
 
     async def _perform(self, effect: Effect, jobs: list[str]) -> Any:
         if isinstance(effect, Commands):
-            pipe = self.redis.pipeline(transaction=False)
-            for name, args in effect.calls:
-                getattr(pipe, name)(*args)
-            return await pipe.execute()
+            return await _pipeline(self.redis, effect).execute()
         if isinstance(effect, LookUp):
             return self.core.cached_route(effect.model) or await self._look_up(effect.model)
         if isinstance(effect, Send):
@@ -285,6 +271,26 @@ class AsyncDispatcher(_Driver):
         if self._http is not None:
             await self._http.aclose()
         await self.redis.aclose()
+
+
+_END = object()
+"""What `_resume` returns once the flow has finished."""
+
+
+def _resume(flow: Flow, value: Any, error: BaseException | None) -> Any:
+    """The flow's next effect or output, after handing it the last effect's result (or throwing in its error)."""
+    try:
+        return flow.throw(error) if error is not None else flow.send(value)
+    except StopIteration:
+        return _END
+
+
+def _pipeline(r: Any, effect: Commands) -> Any:
+    """The effect's commands queued on one pipeline (no transaction) of a sync or asyncio client."""
+    pipe = r.pipeline(transaction=False)
+    for name, args in effect.calls:
+        getattr(pipe, name)(*args)
+    return pipe
 
 
 def _message(raw: bytes) -> dict[str, Any]:
