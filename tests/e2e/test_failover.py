@@ -35,6 +35,11 @@ DEADLINE_S = 20.0
 CALLERS = 8
 
 
+ELECTION_MARGIN_S = 1.0
+"""After the first answer from the new master, callers whose pools still pointed at the old one may need
+this long to meet the new one."""
+
+
 @dataclass
 class Tally:
     sent: int = 0
@@ -169,6 +174,8 @@ def _run(isolated: Settings, cluster: SentinelCluster, failovers: int, load_s: f
         for t in threads:
             t.start()
         figures = []
+        windows: list[tuple[float, float]] = []
+        """Per failover: from the kill to the first answer from the new master (plus a margin)."""
         try:
             for _ in range(failovers):
                 time.sleep(load_s / 2)
@@ -183,6 +190,7 @@ def _run(isolated: Settings, cluster: SentinelCluster, failovers: int, load_s: f
                 assert after, "no answer after the failover"
                 in_flight = sum(sent < killed_at < done for sent, done in tally.answers + tally.failed)
                 in_flight_failed = sum(sent < killed_at < done for sent, done in tally.failed)
+                windows.append((killed_at, after[0] + ELECTION_MARGIN_S))
                 figures.append({"elected_s": round(elected_s, 2), "first_answer_s": round(after[0] - killed_at, 2),
                                 "answered_before": answered_before, "in_flight": in_flight,
                                 "in_flight_failed": in_flight_failed})
@@ -203,7 +211,12 @@ def _run(isolated: Settings, cluster: SentinelCluster, failovers: int, load_s: f
         # A caller still waiting resubmits and is answered; only a request that found no master at all
         # may get a clear 503 (redis_unavailable, with Retry-After) or Redis's own error (sync dispatcher).
         assert set(tally.errors) <= {"503 redis_unavailable", "ConnectionError", "MasterNotFoundError"}, tally.errors
-        assert sum(tally.errors.values()) <= tally.sent * 0.05
+        # ... and only while there is no master: a request sent outside every election got its answer. (A
+        # share of all requests would depend on how long the election takes against how fast the callers
+        # loop: 7% in one run of a loaded machine, where 2-3 s without a master met fast 503s.)
+        outside = [(sent, done) for sent, done in tally.failed
+                   if not any(start <= sent <= end for start, end in windows)]
+        assert outside == [], (outside, windows)
         # The point of resubmission: no caller that was waiting when the master died gets an error.
         assert all(f["in_flight"] >= 4 and f["in_flight_failed"] == 0 for f in figures), figures
         assert all(f["first_answer_s"] < f["elected_s"] + 5 for f in figures), figures
