@@ -10,11 +10,13 @@ from dispatcher import fleet
 from dispatcher.client import AsyncDispatcher
 
 
-def get_dispatcher(request: Request) -> AsyncDispatcher:
+# `async def`, though they do not await: FastAPI runs a plain `def` dependency in its thread pool, a
+# thread hand-off per request on the hot path for a lookup of an attribute.
+async def get_dispatcher(request: Request) -> AsyncDispatcher:
     return request.app.state.dispatcher
 
 
-def get_fleet(request: Request) -> fleet.Fleet:
+async def get_fleet(request: Request) -> fleet.Fleet:
     return request.app.state.fleet
 
 

@@ -94,10 +94,14 @@ class InteractiveLane:
             if gen_slots:
                 got += r.xreadgroup(GROUP, me, self.gen_streams, count=gen_slots) or []
             return got
-        got = r.xreadgroup(GROUP, me, streams, count=1, block=self.settings.bulk_poll_ms) or []
+        # COUNT applies to each stream read: with generation streams in the read, no more than their free
+        # slots, and an embedding stream that filled that count is read again for the rest of a batch. An
+        # embeddings-only worker takes a whole batch in this one read (a lone job: one round trip, not two).
+        count = min(cap, gen_slots) if gen_slots and self.gen_streams else cap
+        got = r.xreadgroup(GROUP, me, streams, count=count, block=self.settings.bulk_poll_ms) or []
         for stream, entries in got:
-            if stream.decode() in self.embed_streams and cap > 1:  # a lone job was read; take what else waits
-                entries += (r.xreadgroup(GROUP, me, {stream: ">"}, count=cap - 1) or [(None, [])])[0][1]
+            if stream.decode() in self.embed_streams and len(entries) == count < cap:
+                entries += (r.xreadgroup(GROUP, me, {stream: ">"}, count=cap - count) or [(None, [])])[0][1]
         return got
 
     def _fill(self, stream: str, model: str, jobs: list[tuple[bytes, Job]], drop: list[bytes]) -> None:

@@ -1,0 +1,251 @@
+#!/usr/bin/env python
+"""Where a lone request's time goes: the facade's single-text `/embeddings` against raw OpenVINO, by stage.
+
+Starts the same stack as `scripts/bench.py` (an embedded Redis, one worker, the facade) and sends one
+text at a time, in turns, to each layer of the stack, so each layer's added time is a difference of
+medians measured side by side in one run:
+
+    raw          what the worker runs for one text, in this process (count its tokens, embed it)
+    redis        one PING round trip (redis-py, hiredis): the unit every Redis step costs
+    dispatcher   `AsyncDispatcher.embed` in this process: + job encode, XADD, worker wake and read,
+                 decode, reply push, inbox hand-off (the worker's `queue_ms`/`inference_ms` split it)
+    livez        `GET /livez` on the facade: HTTP both ways (client and server) and the middleware
+    http floor   an authenticated `GET /api/whoami` on the facade (keep-alive httpx client): HTTP
+                 both ways, middleware and auth, no body
+    facade       `POST /embeddings`: + body parse and validation, the dispatcher, response encode
+
+With `--py-spy` the facade and the worker are also sampled (py-spy, `pip install py-spy`) while only the
+facade is called, and each process's CPU per request is split into the stages above by where the samples
+fall. Not a test: it asserts nothing, it reports.
+
+    .venv/bin/python scripts/bench_lone.py [--requests 400] [--py-spy] [--json lone.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import httpx
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import EMBED, ROOT, Stack, raw_embedder  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from dispatcher.client import AsyncDispatcher  # noqa: E402
+
+# Where a sample falls: the deepest frame on its stack that matches one of these (file part, function),
+# so a Redis call made while sending a job counts as sending, not as "Redis". Checked in order per frame.
+STAGES: list[tuple[str, str, str]] = [
+    # facade
+    ("uvicorn/protocols/http", "", "HTTP server (uvicorn, httptools)"),
+    ("api/middleware.py", "", "middleware (request id, access log, body cap)"),
+    ("starlette/routing.py", "", "routing (Starlette, FastAPI)"),
+    ("fastapi/routing.py", "serialize_response", "response encode"),
+    ("fastapi/routing.py", "", "routing (Starlette, FastAPI)"),
+    ("fastapi/dependencies/", "", "body parse + validation (FastAPI, pydantic)"),
+    ("api/auth.py", "", "auth"),
+    ("dispatcher/limits.py", "check_json_text", "body parse + validation (FastAPI, pydantic)"),
+    ("api/metrics.py", "", "metrics + access log"),
+    ("logging/__init__.py", "", "metrics + access log"),
+    ("dispatcher/client.py", "", "job encode + XADD (dispatcher)"),
+    ("dispatcher/flow.py", "", "job encode + XADD (dispatcher)"),
+    ("dispatcher/inbox.py", "", "inbox hand-off (BLPOP, decode, wake caller)"),
+    ("api/responses.py", "", "response encode"),
+    ("dispatcher/results.py", "", "response encode"),
+    ("starlette/responses.py", "", "response encode"),
+    # worker
+    ("worker/interactive.py", "read", "worker wake + read (XREADGROUP)"),
+    ("worker/interactive.py", "_decode", "worker decode"),
+    ("worker/interactive.py", "_fill", "worker batch fill"),
+    ("worker/pipelines.py", "count_tokens", "tokenize"),
+    ("worker/pipelines.py", "embed", "inference (model + pooling)"),
+    ("worker/interactive.py", "finish", "reply push (RPUSH, XACK, XDEL)"),
+    ("worker/heartbeat.py", "", "worker heartbeat"),
+    ("rq/", "", "bulk lane poll (rq)"),
+    ("worker/bulk.py", "", "bulk lane poll (rq)"),
+]
+
+
+def stage_of(stack: str) -> str:
+    found = "other"
+    for frame in stack.split(";"):
+        name, _, where = frame.partition(" (")
+        for part, function, stage in STAGES:
+            if part in where and (not function or name.strip().rsplit(".", 1)[-1] == function):
+                found = stage
+                break
+    return found
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "1000", "--duration",
+                             str(int(seconds) + 1), "--format", "raw", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def split(raw: Path, requests: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Sampled ms per request in each stage, from py-spy's collapsed stacks (1 sample = 1 ms at 1000 Hz),
+    and the innermost frames of what fell in no stage."""
+    totals: Counter[str] = Counter()
+    other: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stage = stage_of(stack)
+            totals[stage] += int(count)
+            if stage == "other":
+                other[";".join(stack.split(";")[-3:])] += int(count)
+    return ({stage: n / requests for stage, n in totals.most_common()},
+            {frames: n / requests for frames, n in other.most_common(8)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400, help="per layer, per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--py-spy", action="store_true", help="also sample the facade and the worker")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="a directory to keep py-spy's collapsed stacks in")
+    args = parser.parse_args()
+    sentences = (ROOT / "scripts" / "data" / "sentences.txt").read_text().splitlines()
+    n = args.requests
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-lone-"))
+    stack = Stack(None, workdir)
+    samples: dict[str, list[float]] = {k: [] for k in ("raw", "redis", "dispatcher", "livez", "http floor",
+                                                        "facade")}
+    worker_split: dict[str, list[float]] = {"queue_ms": [], "inference_ms": []}
+    try:
+        embedder = raw_embedder(stack.settings, one_pass=True)
+        r = redis.Redis.from_url(stack.redis_url)
+        client = httpx.Client(base_url=stack.url, headers=stack.headers)
+        loop = asyncio.new_event_loop()
+        dispatcher = AsyncDispatcher(stack.settings)
+
+        procs = {"facade": stack.procs[1].pid, "worker": stack.procs[0].pid,
+                 "redis": stack.embedded.process.pid, "this (client)": os.getpid()}  # type: ignore[union-attr]
+        cpu: dict[str, dict[str, float]] = {k: dict.fromkeys(procs, 0.0) for k in samples}
+
+        def timed(key: str, call: Any) -> None:
+            before = {name: cpu_s(pid) for name, pid in procs.items()}
+            for i in range(n):
+                text = sentences[i % len(sentences)]
+                started = time.perf_counter()
+                result = call(text)
+                samples[key].append((time.perf_counter() - started) * 1000)
+                if key == "dispatcher":
+                    for k in worker_split:
+                        worker_split[k].append(result.timings[k])
+            for name, pid in procs.items():
+                cpu[key][name] += (cpu_s(pid) - before[name]) * 1000
+
+        layers = {
+            "raw": lambda t: (embedder.count_tokens([t]), embedder.embed([t])),
+            "redis": lambda t: r.ping(),
+            "dispatcher": lambda t: loop.run_until_complete(dispatcher.embed([t], EMBED)),
+            "livez": lambda t: client.get("/livez").raise_for_status(),
+            "http floor": lambda t: client.get("/api/whoami").raise_for_status(),
+            "facade": lambda t: client.post("/embeddings", json={"texts": [t], "model": EMBED}).raise_for_status(),
+        }
+        for call in layers.values():  # warm-up
+            for t in sentences[:20]:
+                call(t)
+        for key in samples:
+            samples[key].clear()
+        for k in worker_split:
+            worker_split[k].clear()
+        for _ in range(args.rounds):  # in turns, so a change in the machine's load hits every layer alike
+            for key, call in layers.items():
+                timed(key, call)
+
+        med = {k: median(v) for k, v in samples.items()}
+        print(f"lone single-text request, {n} x {args.rounds} per layer, medians (ms):")
+        for k, v in med.items():
+            print(f"  {k:<12} {v:7.3f}")
+        q, inf = median(worker_split["queue_ms"]), median(worker_split["inference_ms"])
+        rows = [
+            ("facade minus raw (the P3 figure)", med["facade"] - med["raw"]),
+            ("  HTTP + middleware + auth (http floor)", med["http floor"]),
+            ("  body parse/validate + route + response encode (facade - dispatcher - floor)",
+             med["facade"] - med["dispatcher"] - med["http floor"]),
+            ("  queue path (dispatcher - raw)", med["dispatcher"] - med["raw"]),
+            ("    caller to worker start: encode, XADD, wake, read, decode, tokenize (queue_ms)", q),
+            ("    worker inference (inference_ms) minus raw", inf - med["raw"]),
+            ("    reply push + inbox hand-off (dispatcher - queue_ms - inference_ms)", med["dispatcher"] - q - inf),
+        ]
+        print("breakdown (ms):")
+        for label, value in rows:
+            print(f"  {label:<88} {value:+7.3f}")
+        report: dict[str, Any] = {"medians_ms": med, "worker": {"queue_ms": q, "inference_ms": inf},
+                                  "breakdown_ms": dict(rows)}
+
+        # CPU each process spent per request of each layer (user + system, from /proc): on two cores, work
+        # anywhere is on the lone request's path, so this says where added time can be won.
+        report["cpu_ms_per_request"] = {k: {name: ms / (n * args.rounds) for name, ms in v.items()}
+                                        for k, v in cpu.items()}
+        print("CPU per request, by process (ms):")
+        print(f"  {'layer':<12}" + "".join(f"{name:>15}" for name in procs))
+        for k, v in report["cpu_ms_per_request"].items():
+            print(f"  {k:<12}" + "".join(f"{ms:15.3f}" for ms in v.values()))
+
+        if args.py_spy:
+            if not shutil.which("py-spy"):
+                sys.exit("--py-spy needs py-spy on PATH (pip install py-spy)")
+            pids = {"facade": stack.procs[1].pid, "worker": stack.procs[0].pid}
+            outs = {name: workdir / f"{name}.txt" for name in pids}
+            started = time.perf_counter()
+            timed("facade", layers["facade"])  # how long n requests take, to size the recording
+            seconds = time.perf_counter() - started
+            spies = [spy(pid, seconds * 1.5, outs[name]) for name, pid in pids.items()]
+            time.sleep(1.0)  # py-spy attached
+            started = time.perf_counter()
+            done = 0
+            while time.perf_counter() - started < seconds:
+                layers["facade"](sentences[done % len(sentences)])
+                done += 1
+            for p in spies:
+                p.wait(timeout=120)
+            # Samples cover the whole recording; requests ran during `seconds` of it: scale to them.
+            report["py_spy_cpu_ms_per_request"] = {}
+            for name, out in outs.items():
+                parts, other = split(out, done)
+                report["py_spy_cpu_ms_per_request"][name] = parts
+                print(f"py-spy, {name} process, sampled ms per request ({done} requests, slowed by sampling):")
+                for stage, ms in parts.items():
+                    print(f"  {stage:<50} {ms:6.3f}")
+                print("  of which 'other', innermost frames:")
+                for frames, ms in other.items():
+                    print(f"    {ms:6.3f}  {frames[-160:]}")
+                if args.keep:
+                    shutil.copy(out, args.keep / out.name)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        loop.run_until_complete(dispatcher.aclose())
+        loop.close()
+        client.close()
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
