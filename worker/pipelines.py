@@ -13,23 +13,27 @@ from dispatcher.models import ModelSpec
 from .devices import first_that_compiles
 
 CPU_SHAPE_CACHE = 256
-"""Input shapes whose compiled kernels the CPU plugin keeps (CPU_RUNTIME_CACHE_CAPACITY; its default 5000).
-Every new (batch, tokens) shape of an embedding batch, and every new token count of a generation step, adds
-an entry: with the default, an embedding worker fed batches of 1-32 texts of varying length grew
-230 -> 653 MB over 3,500 batches and was still growing; with 50 entries, 230 -> 470 MB."""
-
+"""Input shapes whose compiled kernels the CPU plugin keeps (CPU_RUNTIME_CACHE_CAPACITY; its default 5000) for
+a generation model: every new token count of a step adds an entry. With the default, an embedding worker fed
+batches of 1-32 texts of varying length grew 230 -> 653 MB over 3,500 batches and was still growing."""
+EMBED_SHAPE_CACHE = 32
+"""The same for an embedding model, whose batches of 1-32 texts of any length make thousands of distinct
+shapes, so a larger cache rarely hits and only holds memory. Measured in one process, 600 random batches
+(1-32 texts of 1-90 words, split as the worker splits them), after warm-up: 602 -> 941 MB and still growing
+with 256 entries; 602 -> 831 MB with 32 and 602 -> 826 MB with 4, flat after ~300 batches. Throughput on the
+corpus, 150 batches x 3, two processes each: 250 vs 240 texts/s, within the runs' spread."""
 
 # One synchronous pipeline per worker process with the LATENCY hint: THROUGHPUT with one synchronous
 # caller ran at half speed here, and a second pipeline in another thread was slower (docs/architecture.md).
-def plugin_config(threads: int = 0, device: str = "CPU") -> dict[str, object]:
+def plugin_config(threads: int = 0, device: str = "CPU", shapes: int = CPU_SHAPE_CACHE) -> dict[str, object]:
     """`threads` > 0 caps the CPU threads of one inference (NPU_INFERENCE_THREADS), for several worker
-    processes sharing the cores; 0 lets OpenVINO use them all. The shape cache is bounded on CPU only (other
-    plugins refuse the property)."""
+    processes sharing the cores; 0 lets OpenVINO use them all. The shape cache (`shapes` entries) is bounded
+    on CPU only (other plugins refuse the property)."""
     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
     if device.upper().startswith("CPU"):
-        config["CPU_RUNTIME_CACHE_CAPACITY"] = CPU_SHAPE_CACHE
+        config["CPU_RUNTIME_CACHE_CAPACITY"] = shapes
     return config
 
 
@@ -59,7 +63,8 @@ class Embedder:
         # The pipeline truncates to this; the worker refuses longer input first unless truncation is asked.
         config.max_length = spec.max_input_tokens
         self.pipeline, self.device = first_that_compiles(
-            lambda device: og.TextEmbeddingPipeline(str(spec.path), device, config, **plugin_config(threads, device)),
+            lambda device: og.TextEmbeddingPipeline(str(spec.path), device, config,
+                                             **plugin_config(threads, device, EMBED_SHAPE_CACHE)),
             chain, spec.name)
         # The tokenizer model compiled on its own counts tokens 4x faster than openvino_genai.Tokenizer.encode
         # (0.4 vs 1.7 ms for 32 short texts here), and every text is counted before it is embedded.
@@ -70,7 +75,7 @@ class Embedder:
         if one_pass and model_file.is_file() and not self.device.startswith("NPU"):
             # The device the pipeline compiled on; its plugin takes the model's dynamic shapes.
             device = self.device.split(",")[0].split(":")[-1]
-            self._model = core.compile_model(model_file, device, plugin_config(threads, device))
+            self._model = core.compile_model(model_file, device, plugin_config(threads, device, EMBED_SHAPE_CACHE))
             self._inputs = {i.get_any_name() for i in self._model.inputs}
         self._last: tuple[dict[str, int], dict[str, np.ndarray]] | None = None
         """The last batch `count_tokens` tokenized (text -> row, arrays), for `embed` to reuse."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import openvino as ov
 import pytest
 
 from dispatcher.models import Registry
 from dispatcher.settings import Settings
 from worker.devices import device_type, parse_chain
 from worker.generation import Generator
-from worker.pipelines import Embedder
+from worker.pipelines import CPU_SHAPE_CACHE, EMBED_SHAPE_CACHE, Embedder
 from worker.prepare import MARKER, prepare
 
 
@@ -113,3 +116,20 @@ def test_one_pass_and_pipeline_paths_give_the_same_vectors(settings: Settings) -
     long_text = "word " * 400
     one.count_tokens(["short", long_text])
     assert np.abs(one.embed(["short", long_text]) - pipe.embed(["short", long_text])).max() < 1e-5
+
+
+def test_the_embedding_model_keeps_the_small_shape_cache(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """worker/pipelines.py EMBED_SHAPE_CACHE: with the generation model's 256 entries, varied embedding
+    batches held ~110 MB more and kept growing."""
+    seen: list[dict[str, Any]] = []
+    real = ov.Core.compile_model
+
+    def recording(self: ov.Core, model: Any, device: str = "CPU", config: dict[str, Any] | None = None) -> Any:
+        seen.append(dict(config or {}))
+        return real(self, model, device, config or {})
+
+    monkeypatch.setattr(ov.Core, "compile_model", recording)
+    embedder = Embedder(Registry.load(settings).get("all-minilm-l6-v2"), ["CPU"], one_pass=True)
+    assert embedder.one_pass
+    assert [c.get("CPU_RUNTIME_CACHE_CAPACITY") for c in seen if c] == [EMBED_SHAPE_CACHE]
+    assert EMBED_SHAPE_CACHE < CPU_SHAPE_CACHE
