@@ -75,6 +75,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.headers = {"Authorization": f"Bearer {TOKEN}"}
         wait_healthy(self.url, self.headers)
+        wait_quiet([p.pid for p in self.procs])
 
     def stop_extra(self) -> None:
         """Stop what `facade_processes` started."""
@@ -103,6 +104,24 @@ def facade_processes(stack: Stack, count: int) -> str:
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, stack.headers)
     return url
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(pids: list[int], timeout: float = 180) -> None:
+    """Until these processes use under 5% of a core for a second: a worker is healthy once its first model
+    is served, and loading and warming up the others would otherwise run during the raw references."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        before = sum(cpu_s(pid) for pid in pids)
+        time.sleep(1.0)
+        if sum(cpu_s(pid) for pid in pids) - before < 0.05:
+            return
+    print(f"  (the stack was still busy after {timeout:.0f}s; measuring anyway)", flush=True)
 
 
 def wait_healthy(url: str, headers: dict[str, str] | None = None, timeout: float = 120) -> None:

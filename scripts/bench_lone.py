@@ -41,7 +41,7 @@ import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import EMBED, ROOT, Stack, raw_embedder  # noqa: E402
+from bench import EMBED, ROOT, Stack, cpu_s, raw_embedder  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from dispatcher.client import AsyncDispatcher  # noqa: E402
@@ -88,12 +88,6 @@ def stage_of(stack: str) -> str:
                 found = stage
                 break
     return found
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
