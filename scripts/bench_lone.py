@@ -116,12 +116,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=400, help="per layer, per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--texts", type=int, default=1, help="texts per request (32: where P4's time goes)")
     parser.add_argument("--py-spy", action="store_true", help="also sample the facade and the worker")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="a directory to keep py-spy's collapsed stacks in")
     args = parser.parse_args()
     sentences = (ROOT / "scripts" / "data" / "sentences.txt").read_text().splitlines()
-    n = args.requests
+    n, per = args.requests, args.texts
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-lone-"))
     stack = Stack(None, workdir)
@@ -142,7 +143,7 @@ def main() -> None:
         def timed(key: str, call: Any) -> None:
             before = {name: cpu_s(pid) for name, pid in procs.items()}
             for i in range(n):
-                text = sentences[i % len(sentences)]
+                text = [sentences[(i * per + j) % len(sentences)] for j in range(per)]
                 started = time.perf_counter()
                 result = call(text)
                 samples[key].append((time.perf_counter() - started) * 1000)
@@ -153,15 +154,15 @@ def main() -> None:
                 cpu[key][name] += (cpu_s(pid) - before[name]) * 1000
 
         layers = {
-            "raw": lambda t: (embedder.count_tokens([t]), embedder.embed([t])),
+            "raw": lambda t: (embedder.count_tokens(t), embedder.embed(t)),
             "redis": lambda t: r.ping(),
-            "dispatcher": lambda t: loop.run_until_complete(dispatcher.embed([t], EMBED)),
+            "dispatcher": lambda t: loop.run_until_complete(dispatcher.embed(t, EMBED)),
             "livez": lambda t: client.get("/livez").raise_for_status(),
             "http floor": lambda t: client.get("/api/whoami").raise_for_status(),
-            "facade": lambda t: client.post("/embeddings", json={"texts": [t], "model": EMBED}).raise_for_status(),
+            "facade": lambda t: client.post("/embeddings", json={"texts": t, "model": EMBED}).raise_for_status(),
         }
         for call in layers.values():  # warm-up
-            for t in sentences[:20]:
+            for t in [sentences[i * per:(i + 1) * per] for i in range(20)]:
                 call(t)
         for key in samples:
             samples[key].clear()
@@ -172,7 +173,7 @@ def main() -> None:
                 timed(key, call)
 
         med = {k: median(v) for k, v in samples.items()}
-        print(f"lone single-text request, {n} x {args.rounds} per layer, medians (ms):")
+        print(f"lone request of {per} text(s), {n} x {args.rounds} per layer, medians (ms):")
         for k, v in med.items():
             print(f"  {k:<12} {v:7.3f}")
         q, inf = median(worker_split["queue_ms"]), median(worker_split["inference_ms"])
@@ -214,7 +215,7 @@ def main() -> None:
             started = time.perf_counter()
             done = 0
             while time.perf_counter() - started < seconds:
-                layers["facade"](sentences[done % len(sentences)])
+                layers["facade"]([sentences[(done * per + j) % len(sentences)] for j in range(per)])
                 done += 1
             for p in spies:
                 p.wait(timeout=120)
