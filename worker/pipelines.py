@@ -21,7 +21,8 @@ EMBED_SHAPE_CACHE = 32
 shapes, so a larger cache rarely hits and only holds memory. Measured in one process, 600 random batches
 (1-32 texts of 1-90 words, split as the worker splits them), after warm-up: 602 -> 941 MB and still growing
 with 256 entries; 602 -> 831 MB with 32 and 602 -> 826 MB with 4, flat after ~300 batches. Throughput on the
-corpus, 150 batches x 3, two processes each: 250 vs 240 texts/s, within the runs' spread."""
+corpus (150 batches x 3, two processes each): 256 entries 210-267 texts/s, 32 entries 192-253, no difference
+beyond the runs' spread."""
 
 # One synchronous pipeline per worker process with the LATENCY hint: THROUGHPUT with one synchronous
 # caller ran at half speed here, and a second pipeline in another thread was slower (docs/architecture.md).
