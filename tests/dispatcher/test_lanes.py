@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import redis
 from rq import Queue
 from rq.job import JobStatus
 
@@ -180,5 +182,47 @@ def test_the_fill_window_counts_texts_so_a_full_job_never_waits(isolated: Settin
         result = d.embed(texts, MODEL)
         assert result.vectors.shape == (32, 384)
         assert result.timings["queue_ms"] < 1000, result.timings
+    finally:
+        proc.stop()
+
+
+def test_a_lone_job_costs_one_read_and_no_bulk_poll(isolated: Settings) -> None:
+    """Sequential single-text requests: the worker takes each job in one XREADGROUP (plus the one empty read
+    that checks for more before it blocks again), and an empty bulk lane is looked at once per
+    `bulk_poll_ms`, not after every job. Counted from Redis's MONITOR, for this test's keys only."""
+    proc = WorkerProcess(isolated, models=[MODEL], NPU_BULK_POLL_MS="5000")
+    r = redis.Redis.from_url(isolated.redis_url)
+    seen: list[str] = []
+    end = f"{isolated.key_prefix}:end"
+    try:
+        proc.wait_live()
+        d = Dispatcher(isolated)
+        d.embed(["warm"], MODEL)
+        time.sleep(0.5)
+        monitor = r.monitor().__enter__()
+        started = threading.Event()
+
+        def watch() -> None:
+            started.set()
+            while True:
+                command = monitor.next_command()["command"]
+                if isolated.key_prefix in command:
+                    seen.append(command)
+                if end in command:
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started.wait()
+        jobs = 30
+        for i in range(jobs):
+            d.embed([f"lone text {i}"], MODEL)
+        r.echo(end)
+        watcher.join(10)
+        reads = [c for c in seen if c.startswith("XREADGROUP")]
+        # RQ's dequeue moves a job from its queue with LMOVE (LPOP in older releases)
+        bulk_polls = [c for c in seen if "rq:queue:" in c and c.split()[0] in ("LMOVE", "BLMOVE", "LPOP", "BLPOP")]
+        assert len(reads) <= 2 * jobs + 6, len(reads)  # was 3 per job: a second read topped up a lone job
+        assert len(bulk_polls) <= 3, bulk_polls  # was one per job
     finally:
         proc.stop()
