@@ -41,6 +41,7 @@ from dispatcher.models import Registry  # noqa: E402
 from dispatcher.protocol import EMBED_TASK, Keys, MsgpackSerializer  # noqa: E402
 from dispatcher.settings import Settings  # noqa: E402
 from npu_worker.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from scripts.scale import cpu_seconds  # noqa: E402
 
 EMBED, LLM = "all-minilm-l6-v2", "smollm2-135m-instruct"
 TOKEN = "bench-admin-token"
@@ -106,20 +107,14 @@ def facade_processes(stack: Stack, count: int) -> str:
     return url
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wait_quiet(pids: list[int], timeout: float = 180) -> None:
     """Until these processes use under 5% of a core for a second: a worker is healthy once its first model
     is served, and loading and warming up the others would otherwise run during the raw references."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        before = sum(cpu_s(pid) for pid in pids)
+        before = cpu_seconds(pids)
         time.sleep(1.0)
-        if sum(cpu_s(pid) for pid in pids) - before < 0.05:
+        if cpu_seconds(pids) - before < 0.05:
             return
     print(f"  (the stack was still busy after {timeout:.0f}s; measuring anyway)", flush=True)
 

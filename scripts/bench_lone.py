@@ -41,7 +41,7 @@ import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import EMBED, ROOT, Stack, cpu_s, raw_embedder  # noqa: E402
+from bench import EMBED, ROOT, Stack, cpu_seconds, raw_embedder  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from dispatcher.client import AsyncDispatcher  # noqa: E402
@@ -141,7 +141,7 @@ def main() -> None:
         cpu: dict[str, dict[str, float]] = {k: dict.fromkeys(procs, 0.0) for k in samples}
 
         def timed(key: str, call: Any) -> None:
-            before = {name: cpu_s(pid) for name, pid in procs.items()}
+            before = {name: cpu_seconds([pid]) for name, pid in procs.items()}
             for i in range(n):
                 text = [sentences[(i * per + j) % len(sentences)] for j in range(per)]
                 started = time.perf_counter()
@@ -151,7 +151,7 @@ def main() -> None:
                     for k in worker_split:
                         worker_split[k].append(result.timings[k])
             for name, pid in procs.items():
-                cpu[key][name] += (cpu_s(pid) - before[name]) * 1000
+                cpu[key][name] += (cpu_seconds([pid]) - before[name]) * 1000
 
         layers = {
             "raw": lambda t: (embedder.count_tokens(t), embedder.embed(t)),
