@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Side-by-side benchmark: the whole stack against raw in-process OpenVINO, in one run.
 
 Starts what it needs (an embedded Redis unless --redis-url, one worker, the facade, the peers), runs
@@ -6,7 +5,7 @@ every scenario for several rounds on scripts/data/sentences.txt (or --corpus), a
 of medians and the ratios the speed targets are stated in, plus a JSON file. Not a test: it asserts
 nothing, it reports.
 
-    .venv/bin/python scripts/bench.py [--rounds 5] [--quick] [--json bench-results.json]
+    .venv/bin/python -m scripts.bench [--rounds 5] [--quick] [--json bench-results.json]
 """
 
 from __future__ import annotations
@@ -33,15 +32,12 @@ import httpx
 import numpy as np
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from dispatcher.client import AsyncDispatcher  # noqa: E402
-from dispatcher.models import Registry  # noqa: E402
-from dispatcher.protocol import EMBED_TASK, Keys, MsgpackSerializer  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
-from npu_worker.redis_server import EmbeddedRedis, free_port  # noqa: E402
-from scripts.scale import cpu_seconds  # noqa: E402
+from dispatcher.client import AsyncDispatcher
+from dispatcher.models import Registry
+from dispatcher.protocol import EMBED_TASK, Keys, MsgpackSerializer
+from dispatcher.settings import Settings
+from npu_worker.redis_server import free_port
+from scripts.harness import ROOT, SENTENCES, Stack, wait_healthy, wait_quiet
 
 EMBED, LLM = "all-minilm-l6-v2", "smollm2-135m-instruct"
 TOKEN = "bench-admin-token"
@@ -56,80 +52,29 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-class Stack:
+def bench_stack(redis_url: str | None, workdir: Path) -> Stack:
     """Redis + one worker + the facade, as `npu-worker up` would run them, under a bench key prefix."""
-
-    def __init__(self, redis_url: str | None, workdir: Path):
-        self.embedded = None if redis_url else EmbeddedRedis(workdir / "redis", persist=False).start()
-        self.redis_url = redis_url or self.embedded.url  # type: ignore[union-attr]
-        self.prefix = f"bench{os.getpid()}"
-        self.port = free_port()
-        self.env = {**os.environ, "REDIS_URL": self.redis_url, "NPU_KEY_PREFIX": self.prefix,
-                    "NPU_NODE_ID": "bench", "NPU_LOG_LEVEL": "WARNING", "NPU_ADMIN_TOKENS": json.dumps([TOKEN]),
-                    "NPU_DEADLINE_S": "120", "PYTHONPATH": str(ROOT)}
-        self.procs = [
-            subprocess.Popen([sys.executable, "-m", "npu_worker", "work"], env=self.env, cwd=ROOT),
-            subprocess.Popen([sys.executable, "-m", "npu_worker", "serve", "--port", str(self.port)],
-                             env=self.env, cwd=ROOT),
-        ]
-        self.settings = Settings(redis_url=self.redis_url, key_prefix=self.prefix, deadline_s=120)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.headers = {"Authorization": f"Bearer {TOKEN}"}
-        wait_healthy(self.url, self.headers)
-        wait_quiet([p.pid for p in self.procs])
-
-    def stop_extra(self) -> None:
-        """Stop what `facade_processes` started."""
-        for p in self.procs[2:]:
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=30)
-        del self.procs[2:]
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            p.wait(timeout=30)
-        r = redis.Redis.from_url(self.redis_url)
-        for key in r.scan_iter(match=f"*{self.prefix}*", count=1000):
-            r.delete(key)
-        if self.embedded:
-            self.embedded.stop()
+    env = {**os.environ, "NPU_NODE_ID": "bench", "NPU_LOG_LEVEL": "WARNING", "NPU_ADMIN_TOKENS": json.dumps([TOKEN]),
+           "NPU_DEADLINE_S": "120"}
+    stack = Stack(workdir, "bench", env, redis_url=redis_url, token=TOKEN)
+    stack.start("work")
+    stack.start("serve", "--port", str(stack.port))
+    wait_healthy(stack.url, stack.headers, timeout=120)
+    wait_quiet([p.pid for p in stack.procs])
+    return stack
 
 
-def facade_processes(stack: Stack, count: int) -> str:
-    """Another facade on the same stack, as `serve --api-workers N`; returns its URL."""
+def stack_settings(stack: Stack) -> Settings:
+    return Settings(redis_url=stack.redis_url, key_prefix=stack.prefix, deadline_s=120)
+
+
+def facade_processes(stack: Stack, count: int) -> tuple[str, subprocess.Popen[bytes]]:
+    """Another facade on the same stack, as `serve --api-workers N`; its URL and process."""
     port = free_port()
-    stack.procs.append(subprocess.Popen([sys.executable, "-m", "npu_worker", "serve", "--port", str(port),
-                                         "--api-workers", str(count)], env=stack.env, cwd=ROOT))
+    proc = stack.start("serve", "--port", str(port), "--api-workers", str(count))
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, stack.headers)
-    return url
-
-
-def wait_quiet(pids: list[int], timeout: float = 180) -> None:
-    """Until these processes use under 5% of a core for a second: a worker is healthy once its first model
-    is served, and loading and warming up the others would otherwise run during the raw references."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        before = cpu_seconds(pids)
-        time.sleep(1.0)
-        if cpu_seconds(pids) - before < 0.05:
-            return
-    print(f"  (the stack was still busy after {timeout:.0f}s; measuring anyway)", flush=True)
-
-
-def wait_healthy(url: str, headers: dict[str, str] | None = None, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            r = httpx.get(f"{url}/health", headers=headers, timeout=2)
-            if r.status_code == 200 and r.json().get("status") == "healthy":
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not become healthy")
+    wait_healthy(url, stack.headers, timeout=120)
+    return url, proc
 
 
 # --- raw in-process references
@@ -181,7 +126,7 @@ def dispatcher_concurrent(stack: Stack, sentences: list[str], callers: int, roun
         return len(sentences) / (time.perf_counter() - started)
 
     async def run() -> list[float]:
-        d = AsyncDispatcher(stack.settings)
+        d = AsyncDispatcher(stack_settings(stack))
         try:
             await one_round(d)  # warm-up
             return [await one_round(d) for _ in range(rounds)]
@@ -340,7 +285,7 @@ def bare_server(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "peers" / "bare_ov_server.py"), str(model_dir),
                              str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(url)
+    wait_healthy(url, timeout=120)
     return proc, url
 
 
@@ -440,115 +385,137 @@ class Report:
         return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter loads")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
-    parser.add_argument("--corpus", type=Path, default=ROOT / "scripts" / "data" / "sentences.txt")
+    parser.add_argument("--corpus", type=Path, default=SENTENCES)
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument("--skip", action="append", default=[],
                         help="skip a section: http, infinity, generation, bulk")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def embeddings(stack: Stack, embedder: Any, sentences: list[str], rounds: int, report: Report) -> float:
+    """P1, P1', P7, P3, P4 against raw in-process batches; returns raw batch 32, the reference of the rest."""
+    print("embeddings", flush=True)
+    raw = {size: raw_batch(embedder, sentences, rounds, size) for size in (32, 16, 8)}
+    raw32 = raw[32]
+    one_pass32 = raw_batch(raw_embedder(Settings(), one_pass=True), sentences, rounds, 32)
+    for size in (32, 16, 8):
+        report.add(f"raw in-process (TextEmbeddingPipeline), batch {size}", raw[size], "sentences/s")
+    report.add("raw in-process, one tokenization (worker's path), batch 32", one_pass32, "sentences/s")
+    for callers, target in ((32, 0.90), (16, 0.80), (8, 0.80)):
+        rate = dispatcher_concurrent(stack, sentences, callers, rounds)
+        report.add(f"P1 dispatcher, {callers} concurrent single-text callers", rate, "sentences/s", raw32,
+                   f">= {target:.2f}", lambda r, t=target: r >= t)
+        report.add(f"P1' same, vs raw at batch {callers}", rate, "sentences/s", raw[callers], ">= 0.90",
+                   lambda r: r >= 0.90)
+        if callers == 32:
+            report.add("P1 32 callers vs raw one-tokenization batch 32", rate, "sentences/s", one_pass32)
+    report.add("P7 Redis commands per embedding job (32 callers)", commands_per_job(stack, sentences),
+               "commands", target="<= 8", ok=lambda v: v <= 8)
+    raw_lat = raw_single(embedder, sentences, 300)
+    http_lat = facade_single(stack, sentences, 300)
+    report.add("raw in-process single text p50", pct(raw_lat, 50), "ms")
+    report.add("P3 facade single text p50 - raw p50", pct(http_lat, 50) - pct(raw_lat, 50), "ms",
+               target="<= 2", ok=lambda v: v <= 2)
+    report.add("P3 facade single text p99 - raw p99", pct(http_lat, 99) - pct(raw_lat, 99), "ms",
+               target="<= 8", ok=lambda v: v <= 8)
+    report.add("P4 facade, one request of 32 texts", facade_batch32(stack, sentences, rounds), "sentences/s",
+               raw32, ">= 0.90", lambda r: r >= 0.90)
+    return raw32
+
+
+def http_load(stack: Stack, sentences: list[str], workdir: Path, quick: bool, skip: list[str], report: Report) -> None:
+    """P2: the facade under wrk against a bare OpenVINO server, infinity-emb and two facade processes."""
+    print("HTTP load (wrk, 16 connections)", flush=True)
+    script = wrk_script(sentences, workdir / "post.lua")
+    seconds = 5 if quick else 10
+    ours = run_wrk(stack.url, script, 16, seconds)
+    proc, bare_url = bare_server(Settings())
+    try:
+        bare = run_wrk(bare_url, script, 16, seconds)
+    finally:
+        proc.terminate()
+        proc.wait()
+    report.add("P2 facade, 16 HTTP clients x 1 text (wrk)", ours["rps"], "sentences/s", bare["rps"],
+               ">= 1.2 bare", lambda r: r >= 1.2)
+    report.add("    bare single-process OpenVINO HTTP server (wrk)", bare["rps"], "sentences/s")
+    if "infinity" not in skip:
+        against_infinity(sentences, workdir, seconds, ours["rps"], report)
+    report.add("    wrk CPU share of the machine (facade run)", ours["wrk_cpu_share"] * 100, "%")
+    two, proc = facade_processes(stack, 2)
+    try:
+        both = run_wrk(two, script, 16, seconds)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        stack.procs.remove(proc)
+    report.add("P2 two facade processes (--api-workers 2) vs one, same load", both["rps"], "sentences/s",
+               ours["rps"], ">= 0.95", lambda r: r >= 0.95)
+    if ours["non_2xx"] or bare["non_2xx"]:
+        report.add("    non-2xx answers (facade, bare)", ours["non_2xx"] + bare["non_2xx"], "responses")
+
+
+def against_infinity(sentences: list[str], workdir: Path, seconds: int, ours: float, report: Report) -> None:
+    try:
+        proc, inf_url = infinity_server(workdir)
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+        print(f"  infinity-emb not run: {exc}", flush=True)
+        return
+    try:
+        inf = run_wrk(inf_url, wrk_script(sentences, workdir / "openai.lua", openai_shape=True), 16, seconds)
+    finally:
+        proc.terminate()
+        proc.wait()
+    report.add("P2 facade vs infinity-emb (torch, fp32), same load", ours, "sentences/s", inf["rps"], ">= 4",
+               lambda r: r >= 4)
+    report.add("    infinity-emb (wrk)", inf["rps"], "sentences/s")
+
+
+def generation(stack: Stack, rounds: int, quick: bool, report: Report) -> None:
+    """P5: tokens/s and time to first token through the facade against raw LLMPipeline."""
+    print("generation", flush=True)
+    max_tokens = 64 if quick else 128
+    raw = raw_generation(Settings(), max_tokens, rounds)
+    one = facade_generation(stack, max_tokens, rounds)
+    four = facade_generation(stack, max_tokens, rounds, concurrent=4)
+    report.add("raw LLMPipeline", raw["tokens_per_s"], "tokens/s")
+    report.add("P5 facade, one generation", one["tokens_per_s"], "tokens/s", raw["tokens_per_s"], ">= 0.95",
+               lambda r: r >= 0.95)
+    report.add("P5 facade, 4 concurrent generations (aggregate)", four["tokens_per_s"], "tokens/s",
+               one["tokens_per_s"], ">= 2.5", lambda r: r >= 2.5)
+    ttft = facade_ttft(stack, rounds)
+    report.add("raw LLMPipeline time to first token", raw["ttft_ms"], "ms")
+    report.add("P5 facade streamed TTFT - raw TTFT", ttft - raw["ttft_ms"], "ms", target="<= 10",
+               ok=lambda v: v <= 10)
+
+
+def main() -> None:
+    args = parse_args()
     rounds = 3 if args.quick else args.rounds
     sentences = [line.strip() for line in args.corpus.read_text().splitlines() if line.strip()]
-    settings = Settings()
     report = Report()
     workdir = Path(tempfile.mkdtemp(prefix="npu-bench-"))
     print(f"corpus: {len(sentences)} sentences; rounds: {rounds}; cpus: {os.cpu_count()}", flush=True)
 
-    embedder = raw_embedder(settings)
-    stack = Stack(args.redis_url, workdir)
+    embedder = raw_embedder(Settings())
+    stack = bench_stack(args.redis_url, workdir)
     try:
-        print("embeddings", flush=True)
-        raw = {size: raw_batch(embedder, sentences, rounds, size) for size in (32, 16, 8)}
-        raw32 = raw[32]
-        one_pass32 = raw_batch(raw_embedder(settings, one_pass=True), sentences, rounds, 32)
-        for size in (32, 16, 8):
-            report.add(f"raw in-process (TextEmbeddingPipeline), batch {size}", raw[size], "sentences/s")
-        report.add("raw in-process, one tokenization (worker's path), batch 32", one_pass32, "sentences/s")
-        for callers, target in ((32, 0.90), (16, 0.80), (8, 0.80)):
-            rate = dispatcher_concurrent(stack, sentences, callers, rounds)
-            report.add(f"P1 dispatcher, {callers} concurrent single-text callers", rate, "sentences/s", raw32,
-                       f">= {target:.2f}", lambda r, t=target: r >= t)
-            report.add(f"P1' same, vs raw at batch {callers}", rate, "sentences/s", raw[callers], ">= 0.90",
-                       lambda r: r >= 0.90)
-            if callers == 32:
-                report.add("P1 32 callers vs raw one-tokenization batch 32", rate, "sentences/s", one_pass32)
-        report.add("P7 Redis commands per embedding job (32 callers)", commands_per_job(stack, sentences),
-                   "commands", target="<= 8", ok=lambda v: v <= 8)
-        raw_lat = raw_single(embedder, sentences, 300)
-        http_lat = facade_single(stack, sentences, 300)
-        report.add("raw in-process single text p50", pct(raw_lat, 50), "ms")
-        report.add("P3 facade single text p50 - raw p50", pct(http_lat, 50) - pct(raw_lat, 50), "ms",
-                   target="<= 2", ok=lambda v: v <= 2)
-        report.add("P3 facade single text p99 - raw p99", pct(http_lat, 99) - pct(raw_lat, 99), "ms",
-                   target="<= 8", ok=lambda v: v <= 8)
-        report.add("P4 facade, one request of 32 texts", facade_batch32(stack, sentences, rounds), "sentences/s",
-                   raw32, ">= 0.90", lambda r: r >= 0.90)
-
+        raw32 = embeddings(stack, embedder, sentences, rounds, report)
         if "http" not in args.skip and not ensure_wrk():
             print("  P2 not run: no `wrk` (apt-get install wrk)", flush=True)
         elif "http" not in args.skip:
-            print("HTTP load (wrk, 16 connections)", flush=True)
-            script = wrk_script(sentences, workdir / "post.lua")
-            seconds = 5 if args.quick else 10
-            ours = run_wrk(stack.url, script, 16, seconds)
-            proc, bare_url = bare_server(settings)
-            try:
-                bare = run_wrk(bare_url, script, 16, seconds)
-            finally:
-                proc.terminate()
-                proc.wait()
-            report.add("P2 facade, 16 HTTP clients x 1 text (wrk)", ours["rps"], "sentences/s", bare["rps"],
-                       ">= 1.2 bare", lambda r: r >= 1.2)
-            report.add("    bare single-process OpenVINO HTTP server (wrk)", bare["rps"], "sentences/s")
-            if "infinity" not in args.skip:
-                try:
-                    proc, inf_url = infinity_server(workdir)
-                except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
-                    print(f"  infinity-emb not run: {exc}", flush=True)
-                else:
-                    try:
-                        inf = run_wrk(inf_url, wrk_script(sentences, workdir / "openai.lua", openai_shape=True),
-                                      16, seconds)
-                    finally:
-                        proc.terminate()
-                        proc.wait()
-                    report.add("P2 facade vs infinity-emb (torch, fp32), same load", ours["rps"], "sentences/s",
-                               inf["rps"], ">= 4", lambda r: r >= 4)
-                    report.add("    infinity-emb (wrk)", inf["rps"], "sentences/s")
-            report.add("    wrk CPU share of the machine (facade run)", ours["wrk_cpu_share"] * 100, "%")
-            two = facade_processes(stack, 2)
-            try:
-                both = run_wrk(two, script, 16, seconds)
-            finally:
-                stack.stop_extra()
-            report.add("P2 two facade processes (--api-workers 2) vs one, same load", both["rps"], "sentences/s",
-                       ours["rps"], ">= 0.95", lambda r: r >= 0.95)
-            if ours["non_2xx"] or bare["non_2xx"]:
-                report.add("    non-2xx answers (facade, bare)", ours["non_2xx"] + bare["non_2xx"], "responses")
-
+            http_load(stack, sentences, workdir, args.quick, args.skip, report)
         if "bulk" not in args.skip:
             print("bulk lane", flush=True)
-            report.add("P6 bulk lane, 100 RQ jobs x 100 texts", bulk_lane(stack, sentences), "sentences/s", raw32,
-                       ">= 0.90", lambda r: r >= 0.90)
-
+            report.add("P6 bulk lane, 100 RQ jobs x 100 texts", bulk_lane(stack, sentences), "sentences/s",
+raw32, ">= 0.90",
+                       lambda r: r >= 0.90)
         if "generation" not in args.skip:
-            print("generation", flush=True)
-            max_tokens = 64 if args.quick else 128
-            raw = raw_generation(settings, max_tokens, rounds)
-            one = facade_generation(stack, max_tokens, rounds)
-            four = facade_generation(stack, max_tokens, rounds, concurrent=4)
-            report.add("raw LLMPipeline", raw["tokens_per_s"], "tokens/s")
-            report.add("P5 facade, one generation", one["tokens_per_s"], "tokens/s", raw["tokens_per_s"], ">= 0.95",
-                       lambda r: r >= 0.95)
-            report.add("P5 facade, 4 concurrent generations (aggregate)", four["tokens_per_s"], "tokens/s",
-                       one["tokens_per_s"], ">= 2.5", lambda r: r >= 2.5)
-            ttft = facade_ttft(stack, rounds)
-            report.add("raw LLMPipeline time to first token", raw["ttft_ms"], "ms")
-            report.add("P5 facade streamed TTFT - raw TTFT", ttft - raw["ttft_ms"], "ms", target="<= 10",
-                       ok=lambda v: v <= 10)
+            generation(stack, rounds, args.quick, report)
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)

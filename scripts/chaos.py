@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Chaos run: load through the facade while workers are killed (kill -9) and Redis stops for a while.
 
 Starts its own stack on 127.0.0.1 (a redis-server on a free port, `npu-worker up --workers N`, a local
@@ -9,10 +8,10 @@ requests sent, answered by npu / by the cloud, errors by code, lost (no HTTP ans
 (no answer within the deadline + margin), with recovery times, and exits 1 if any was lost or hung (or a
 bulk job vanished, or a process it did not kill exited).
 
-    .venv/bin/python scripts/chaos.py                  # about a minute and a half
-    .venv/bin/python scripts/chaos.py --soak           # 10 minutes; reports each process's RSS growth
-    .venv/bin/python scripts/chaos.py --soak-minutes 30  # RSS from minute 5 to 30 must grow < 5% (exit 1 if not)
-    .venv/bin/python scripts/chaos.py --no-persist     # Redis comes back empty (no AOF)
+    .venv/bin/python -m scripts.chaos                  # about a minute and a half
+    .venv/bin/python -m scripts.chaos --soak           # 10 minutes; reports each process's RSS growth
+    .venv/bin/python -m scripts.chaos --soak-minutes 30  # RSS from minute 5 to 30 must grow < 5% (exit 1 if not)
+    .venv/bin/python -m scripts.chaos --no-persist     # Redis comes back empty (no AOF)
 """
 
 from __future__ import annotations
@@ -38,13 +37,11 @@ import orjson
 import redis
 import redis.asyncio as aredis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from dispatcher.protocol import EMBED_TASK, Heartbeat, Keys, MsgpackSerializer, unpack  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
-from npu_worker.redis_server import EmbeddedRedis, free_port, redacted  # noqa: E402
-from scripts.cloud_server import CloudServer  # noqa: E402
+from dispatcher.protocol import EMBED_TASK, Heartbeat, MsgpackSerializer, unpack
+from dispatcher.settings import Settings
+from npu_worker.redis_server import EmbeddedRedis, redacted
+from scripts.cloud_server import CloudServer
+from scripts.harness import Stack, clean_env, rss_mb, wait_healthy
 
 TOKEN = f"chaos-{uuid.uuid4().hex}"
 """An operator token for this run's facade (the load goes through the facade's auth like any caller's)."""
@@ -78,27 +75,26 @@ class Report:
     """Worker processes that ended without being killed here, plus `up` itself if it ended."""
 
 
-class Stack:
+class ChaosStack(Stack):
     """Redis + `npu-worker up` (facade, supervised workers) + the local cloud, all on loopback."""
 
     def __init__(self, workdir: Path, workers: int, persist: bool, deadline_s: float):
-        self.persist, self.workers = persist, workers
-        self.redis_server = EmbeddedRedis(workdir / "redis", persist=persist).start()
         self.cloud = CloudServer(dim=384).start()
-        self.prefix, self.port = f"chaos{os.getpid()}", free_port()
-        self.settings = Settings(redis_url=self.redis_server.url, key_prefix=self.prefix, deadline_s=deadline_s)
-        self.keys = Keys(self.prefix)
         state = workdir / "state"
         state.mkdir()
         (state / "models").symlink_to(Settings().models_dir)  # prepared once per machine
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_") and k != "REDIS_URL"}
-        env.update({"REDIS_URL": self.redis_server.url, "NPU_KEY_PREFIX": self.prefix, "NPU_STATE_DIR": str(state),
-                    "NPU_CLOUD_BASE_URL": self.cloud.base_url, "NPU_DEADLINE_S": str(deadline_s),
-                    "NPU_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "NPU_ADMIN_TOKENS": json.dumps([TOKEN])})
-        self.up = subprocess.Popen([sys.executable, "-m", "npu_worker", "up", "--port", str(self.port),
-                                    "--workers", str(workers)], env=env, cwd=ROOT, start_new_session=True,
-                                   stdin=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**clean_env(), "NPU_STATE_DIR": str(state), "NPU_CLOUD_BASE_URL": self.cloud.base_url,
+               "NPU_DEADLINE_S": str(deadline_s), "NPU_LOG_LEVEL": "WARNING", "NPU_ADMIN_TOKENS": json.dumps([TOKEN])}
+        super().__init__(workdir, "chaos", env, persist=persist, token=TOKEN)
+        self.workers = workers
+        self.settings = Settings(redis_url=self.redis_url, key_prefix=self.prefix, deadline_s=deadline_s)
+        self.up = self.start("up", "--port", str(self.port), "--workers", str(workers), start_new_session=True,
+                             stdin=subprocess.DEVNULL)
+
+    @property
+    def embedded(self) -> EmbeddedRedis:
+        assert self.redis_server is not None, "a chaos run stops and starts its own Redis"
+        return self.redis_server
 
     def worker_pids(self) -> list[int]:
         import psutil
@@ -123,13 +119,6 @@ class Stack:
             return set()
         return {Heartbeat.model_validate(unpack(raw)).pid for raw in raws if raw}
 
-    def stop_redis(self) -> None:
-        self.redis_server.stop()
-
-    def start_redis(self) -> None:
-        self.redis_server = EmbeddedRedis(self.redis_server.directory, port=self.redis_server.port,
-                                          persist=self.persist).start()
-
     def close(self) -> None:
         if self.up.poll() is None:
             self.up.send_signal(signal.SIGTERM)
@@ -137,20 +126,8 @@ class Stack:
                 self.up.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.up.pid, signal.SIGKILL)
-        self.redis_server.stop()
+        self.stop(timeout=5)
         self.cloud.stop()
-
-
-def wait_healthy(url: str, timeout: float = 180) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if httpx.get(f"{url}/health", headers=AUTH, timeout=2).json().get("status") == "healthy":
-                return
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not become healthy in {timeout:.0f}s")
 
 
 # --- load
@@ -205,11 +182,11 @@ BULK_RESULT_TTL_S = 300
 """Results are checked within seconds of finishing, then may expire: a soak shows Redis's steady state."""
 
 
-async def bulk_loop(stack: Stack, report: Report, stop: asyncio.Event, pending: set[str]) -> None:
+async def bulk_loop(stack: ChaosStack, report: Report, stop: asyncio.Event, pending: set[str]) -> None:
     """A backend enqueuing bulk jobs with plain RQ; each must end finished or failed, never vanish."""
     from rq import Queue
 
-    r = redis.Redis.from_url(stack.redis_server.url, socket_connect_timeout=0.5, socket_timeout=2)
+    r = redis.Redis.from_url(stack.embedded.url, socket_connect_timeout=0.5, socket_timeout=2)
     queue = Queue(stack.keys.queue(EMBED), connection=r, serializer=MsgpackSerializer)
     n = 0
     while not stop.is_set():
@@ -239,8 +216,8 @@ def check_bulk(r: redis.Redis, report: Report, pending: set[str]) -> None:
             pending.discard(job_id)
 
 
-async def settle_bulk(stack: Stack, report: Report, pending: set[str], timeout: float) -> None:
-    r = redis.Redis.from_url(stack.redis_server.url)
+async def settle_bulk(stack: ChaosStack, report: Report, pending: set[str], timeout: float) -> None:
+    r = redis.Redis.from_url(stack.embedded.url)
     end = time.monotonic() + timeout
     while pending and time.monotonic() < end:
         check_bulk(r, report, pending)
@@ -252,9 +229,9 @@ async def settle_bulk(stack: Stack, report: Report, pending: set[str], timeout: 
 # --- chaos
 
 
-async def chaos(stack: Stack, report: Report, kills: int, outage_s: float, gap_s: float) -> None:
+async def chaos(stack: ChaosStack, report: Report, kills: int, outage_s: float, gap_s: float) -> None:
     """Each kill waits for a full, live fleet first (so a kill takes one worker of N, never the last one)."""
-    r = aredis.Redis.from_url(stack.redis_server.url, socket_connect_timeout=0.5, socket_timeout=2)
+    r = aredis.Redis.from_url(stack.embedded.url, socket_connect_timeout=0.5, socket_timeout=2)
     for _ in range(kills):
         await wait_for(lambda: _fleet_live(stack, r), timeout=180)
         await asyncio.sleep(gap_s)
@@ -281,13 +258,13 @@ async def chaos(stack: Stack, report: Report, kills: int, outage_s: float, gap_s
     await r.aclose()
 
 
-async def _fleet_live(stack: Stack, r: aredis.Redis) -> bool:
+async def _fleet_live(stack: ChaosStack, r: aredis.Redis) -> bool:
     """N worker processes, every one of them beating (a killed one's heartbeat outlives it for a while)."""
     pids = set(stack.worker_pids())
     return len(pids) >= stack.workers and pids <= await stack.live_pids(r)
 
 
-async def _new_live(stack: Stack, r: aredis.Redis, before: set[int]) -> bool:
+async def _new_live(stack: ChaosStack, r: aredis.Redis, before: set[int]) -> bool:
     return bool(await stack.live_pids(r) - before)
 
 
@@ -303,27 +280,17 @@ async def wait_for(check: Any, timeout: float) -> float | None:
 # --- resident memory
 
 
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-async def watch_processes(stack: Stack, report: Report, stop: asyncio.Event) -> None:
+async def watch_processes(stack: ChaosStack, report: Report, stop: asyncio.Event) -> None:
     while not stop.is_set():
         report.workers_seen.update(stack.worker_pids())
         await asyncio.sleep(0.25)
 
 
-async def sample_rss(stack: Stack, samples: dict[tuple[str, int], list[tuple[float, float]]],
+async def sample_rss(stack: ChaosStack, samples: dict[tuple[str, int], list[tuple[float, float]]],
                      stop: asyncio.Event, every_s: float) -> None:
     while not stop.is_set():
         procs = [("facade+supervisor", stack.up.pid), ("harness (load+cloud)", os.getpid())]
-        procs += [("redis", stack.redis_server.process.pid)] if stack.redis_server.process else []
+        procs += [("redis", stack.embedded.process.pid)] if stack.embedded.process else []
         procs += [("worker", pid) for pid in stack.worker_pids()]
         for role, pid in procs:
             if (mb := rss_mb(pid)) is not None:
@@ -365,7 +332,7 @@ def rss_rows(samples: dict[tuple[str, int], list[tuple[float, float]]], settle_s
 T0 = time.monotonic()
 
 
-async def run(args: argparse.Namespace, stack: Stack) -> Report:
+async def run(args: argparse.Namespace, stack: ChaosStack) -> Report:
     global T0
     report, stop = Report(), asyncio.Event()
     hung_after = 2 * args.deadline + stack.settings.heartbeat_ttl_s + stack.settings.heartbeat_interval_s + 10
@@ -495,10 +462,10 @@ def main() -> int:
     if args.soak:
         args.duration = max(args.duration, 60 * (args.soak_minutes or 10.0))
     with tempfile.TemporaryDirectory(prefix="npu-chaos-") as tmp:
-        stack = Stack(Path(tmp), args.workers, args.persist, args.deadline)
+        stack = ChaosStack(Path(tmp), args.workers, args.persist, args.deadline)
         try:
-            wait_healthy(stack.url)
-            print(f"stack up: facade {stack.url}, {args.workers} workers, redis {redacted(stack.redis_server.url)} "
+            wait_healthy(stack.url, stack.headers)
+            print(f"stack up: facade {stack.url}, {args.workers} workers, redis {redacted(stack.embedded.url)} "
                   f"({'AOF' if args.persist else 'no persistence'})", flush=True)
             summary = summarize(asyncio.run(run(args, stack)))
         finally:

@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible server that the tests and `scripts/chaos.py` start as the "cloud" of the fallback.
+"""A small OpenAI-compatible server that the tests and `scripts.chaos` start as the "cloud" of the fallback.
 
 It lives here, not under tests/, so the chaos script does not depend on the test suite (tests/ import it
 from here). It is the far side of an HTTP contract, not the thing under test: vectors are deterministic

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """How far one Redis carries: K worker processes on one Redis, K = 1, 2, 4, 8, 16, 32. A benchmark, not a test.
 
 Starts its own Redis (embedded, on a free port) and K workers whose only model is a stand-in with a fixed
@@ -12,7 +11,7 @@ from /proc), so Redis's own cost is told apart from the CPU the callers and work
 Then it projects, from Redis's cost per job, the jobs/s one Redis core carries and so the NPU nodes it
 feeds at the bundled embedding model's rate (measured here on this machine's CPU, batch 32).
 
-    .venv/bin/python scripts/scale.py [--ks 1,2,4,8,16,32] [--seconds 5] [--latency-ms 5] [--json scale.json]
+    .venv/bin/python -m scripts.scale [--ks 1,2,4,8,16,32] [--seconds 5] [--latency-ms 5] [--json scale.json]
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,14 +31,13 @@ from typing import Any
 import numpy as np
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from npu_worker.redis_server import EmbeddedRedis  # noqa: E402
+from dispatcher.protocol import Keys
+from npu_worker.redis_server import EmbeddedRedis
+from scripts.harness import ROOT, SENTENCES, clean_env, cpu_seconds, machine_busy, markdown_table, stop_processes
 
 MODEL = "standin"
 DIM = 8
-TICK = os.sysconf("SC_CLK_TCK")
+PREFIX = "scale"
 
 
 # --- the stand-in worker (runs in the worker processes: `scale.py --worker`)
@@ -109,24 +106,6 @@ async def _callers(concurrency: int, window: tuple[float, float], out: Path) -> 
 # --- the conductor
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            pass
-    return total / TICK
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine, all cores, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    idle = values[3] + values[4]
-    return (sum(values) - idle) / TICK, sum(values) / TICK
-
-
 def redis_counters(r: redis.Redis) -> tuple[float, int]:
     cpu, stats = r.info("cpu"), r.info("stats")
     return cpu["used_cpu_user"] + cpu["used_cpu_sys"], stats["total_commands_processed"]
@@ -142,7 +121,7 @@ def measure_node_rate(seconds: float = 3.0) -> float:
     s = Settings()
     spec = Registry.load(s).get("all-minilm-l6-v2")
     embedder = Embedder(spec, parse_chain(s.devices))
-    sentences = (ROOT / "scripts" / "data" / "sentences.txt").read_text().split("\n")[:32]
+    sentences = SENTENCES.read_text().split("\n")[:32]
     embedder.embed(sentences)
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -151,7 +130,7 @@ def measure_node_rate(seconds: float = 3.0) -> float:
     return done / (time.perf_counter() - started)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ks", default="1,2,4,8,16,32")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured window per K")
@@ -162,7 +141,32 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--caller", nargs=4, metavar=("CONC", "START", "END", "OUT"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def scale_env(workdir: Path, redis_url: str, latency_ms: float) -> dict[str, str]:
+    """The workers' and callers' environment: the stand-in's registry alone, one job per batch."""
+    (workdir / "models.toml").write_text(f'[models.{MODEL}]\ntask = "embedding"\npath = "standin"\ndim = {DIM}\n')
+    return {**clean_env(), "REDIS_URL": redis_url, "NPU_KEY_PREFIX": PREFIX, "NPU_STATE_DIR": str(workdir),
+            "NPU_MODELS_FILE": str(workdir / "models.toml"), "NPU_MODELS": f'["{MODEL}"]',
+            "NPU_BATCH_MAX": "1", "NPU_MAX_QUEUE": "100000", "NPU_LOG_LEVEL": "WARNING",
+            "SCALE_LATENCY_MS": str(latency_ms), "PYTHONPATH": str(ROOT)}
+
+
+def grow_to(k: int, workers: list[subprocess.Popen[bytes]], env: dict[str, str], r: redis.Redis) -> None:
+    """Start workers until there are K, and wait until K heartbeats are live."""
+    while len(workers) < k:
+        workers.append(subprocess.Popen([sys.executable, "-m", "scripts.scale", "--worker"], env=env, cwd=ROOT))
+    live = Keys(PREFIX).live(MODEL)
+    deadline = time.monotonic() + 120
+    while r.zcount(live, time.time(), "+inf") < k:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {r.zcount(live, time.time(), '+inf')} of {k} workers live")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
         run_worker()
         return
@@ -174,36 +178,19 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     node_rate = args.node_rate or measure_node_rate()
     workdir = Path(tempfile.mkdtemp(prefix="npu-scale-"))
-    (workdir / "models.toml").write_text(f'[models.{MODEL}]\ntask = "embedding"\npath = "standin"\ndim = {DIM}\n')
     server = EmbeddedRedis(workdir / "redis", persist=False).start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_") and k != "REDIS_URL"}
-    env.update({"REDIS_URL": server.url, "NPU_KEY_PREFIX": "scale", "NPU_STATE_DIR": str(workdir),
-                "NPU_MODELS_FILE": str(workdir / "models.toml"), "NPU_MODELS": f'["{MODEL}"]',
-                "NPU_BATCH_MAX": "1", "NPU_MAX_QUEUE": "100000", "NPU_LOG_LEVEL": "WARNING",
-                "SCALE_LATENCY_MS": str(args.latency_ms), "PYTHONPATH": str(ROOT)})
+    env = scale_env(workdir, server.url, args.latency_ms)
     os.environ.update({k: v for k, v in env.items() if k.startswith("NPU_") or k == "REDIS_URL"})
     r = redis.Redis.from_url(server.url)
     workers: list[subprocess.Popen[bytes]] = []
     rows: list[dict[str, Any]] = []
     try:
         for k in ks:
-            while len(workers) < k:
-                workers.append(subprocess.Popen([sys.executable, __file__, "--worker"], env=env, cwd=ROOT))
-            deadline = time.monotonic() + 120
-            while r.zcount(f"scale:live:{MODEL}", time.time(), "+inf") < k:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"only {r.zcount(f'scale:live:{MODEL}', time.time(), '+inf')} of {k} workers live")
-                time.sleep(0.2)
+            grow_to(k, workers, env, r)
             rows.append(run_k(k, args, env, r, workers, workdir))
             print(format_row(rows[-1], rows[0]), flush=True)
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(workers, timeout=15)
         server.stop()
     report(rows, node_rate, args)
 
@@ -214,8 +201,8 @@ def run_k(k: int, args: argparse.Namespace, env: dict[str, str], r: redis.Redis,
     end = start + args.seconds
     per_proc = max(1, (2 * k + args.caller_procs - 1) // args.caller_procs)  # 2 jobs in flight per worker
     outs = [workdir / f"callers-{k}-{i}.json" for i in range(args.caller_procs)]
-    callers = [subprocess.Popen([sys.executable, __file__, "--caller", str(per_proc), str(start), str(end), str(out)],
-                                env=env, cwd=ROOT) for out in outs]
+    callers = [subprocess.Popen([sys.executable, "-m", "scripts.scale", "--caller", str(per_proc), str(start),
+                                 str(end), str(out)], env=env, cwd=ROOT) for out in outs]
     time.sleep(max(0.0, start - time.time()))
     pids = {"workers": [p.pid for p in workers], "callers": [p.pid for p in callers]}
     redis_pid = [server_pid(r)]
@@ -265,15 +252,14 @@ def format_row(row: dict[str, Any], first: dict[str, Any]) -> str:
 
 def report(rows: list[dict[str, Any]], node_rate: float, args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
-    print(f"\n| K | jobs/s | of linear | Redis CPU s / 1000 jobs | Redis commands / job | added p50 / p99 ms | "
-          f"CPU cores: Redis / workers / callers (machine busy, {cores} cores) |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        c = row["cpu_share"]
-        print(f"| {row['k']} | {row['jobs_per_s']:.0f} | {row['fraction_of_linear']:.2f} | "
-              f"{row['redis_cpu_s_per_1000']:.3f} | {row['commands_per_job']:.2f} | "
-              f"{row['added_p50_ms']:.2f} / {row['added_p99_ms']:.2f} | "
-              f"{c['redis']:.2f} / {c['workers']:.2f} / {c['callers']:.2f} ({c['machine_busy'] * 100:.0f}%) |")
+    header = ["K", "jobs/s", "of linear", "Redis CPU s / 1000 jobs", "Redis commands / job", "added p50 / p99 ms",
+              f"CPU cores: Redis / workers / callers (machine busy, {cores} cores)"]
+    lines = [[str(row["k"]), f"{row['jobs_per_s']:.0f}", f"{row['fraction_of_linear']:.2f}",
+              f"{row['redis_cpu_s_per_1000']:.3f}", f"{row['commands_per_job']:.2f}",
+              f"{row['added_p50_ms']:.2f} / {row['added_p99_ms']:.2f}",
+              f"{row['cpu_share']['redis']:.2f} / {row['cpu_share']['workers']:.2f} / "
+              f"{row['cpu_share']['callers']:.2f} ({row['cpu_share']['machine_busy'] * 100:.0f}%)"] for row in rows]
+    print("\n" + markdown_table(header, lines))
     best = max(rows, key=lambda row: row["jobs_per_s"])
     stops = next((row for row in rows if row["fraction_of_linear"] < 0.8), None)
     # Redis's cost per job where it was busiest (its fixed costs, heartbeats and idle polls, spread thinnest).

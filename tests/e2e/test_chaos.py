@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 
 def test_chaos_short_run_loses_nothing(tmp_path: Path) -> None:
     report = tmp_path / "chaos.json"
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "chaos.py"), "--duration", "30", "--gap", "2",
+    run = subprocess.run([sys.executable, "-m", "scripts.chaos", "--duration", "30", "--gap", "2",
                           "--concurrency", "4", "--json", str(report)], cwd=ROOT, capture_output=True, text=True,
                          timeout=280)
     tail = run.stdout[-3000:]

@@ -1,4 +1,4 @@
-"""Every fenced snippet of the README is run (or parsed) here, so the README stays true.
+"""Every fenced snippet of the README and of docs/*.md is run (or parsed) here, so the documents stay true.
 
 Snippets run as written, from the checkout's root, against this session's worker and a facade of their
 own, with three stated substitutions: `localhost:8081` is the test facade's address, `<token>` its admin
@@ -31,26 +31,32 @@ BILLING_KEY = "the-billing-key"
 
 NOT_RUN = {
     "scripts/run     #": "installs and starts a whole stack; tests/e2e/test_up.py runs `npu-worker up`",
-    ".venv/bin/python scripts/chaos.py": "1.5-10 minutes; tests/e2e/test_chaos.py runs a 30 s version",
+    ".venv/bin/python -m scripts.chaos": "1.5-10 minutes; tests/e2e/test_chaos.py runs a 30 s version",
     ".venv/bin/pip install 'npu-worker[export]'": "downloads 1.6 GB and a model from a hub",
     "npu-worker up [--host H]": "a synopsis of the commands, not a script; tests/e2e/test_cli.py runs them",
     "REST caller --HTTP-->": "a diagram",
+    "flowchart LR": "a diagram (mermaid)",
     "from redis.sentinel import Sentinel": "needs a Sentinel deployment at the documented hosts; "
                                            "tests/dispatcher/test_sentinel.py runs clients and rq against real ones",
 }
 
 
-def snippets() -> Iterator[tuple[int, str, str]]:
-    """(line, language, text) of each fenced block."""
-    lines = (ROOT / "README.md").read_text().splitlines()
-    i = 0
-    while i < len(lines):
-        if lines[i].startswith("```"):
-            lang, start = lines[i][3:].strip(), i + 1
-            end = next(j for j in range(start, len(lines)) if lines[j].startswith("```"))
-            yield start, lang, "\n".join(lines[start:end])
-            i = end
-        i += 1
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+"""Where snippets live: the README (the landing page) and the documents by reader it links to."""
+
+
+def snippets() -> Iterator[tuple[str, str, str]]:
+    """(where, language, text) of each fenced block; `where` is `file:line`."""
+    for document in DOCUMENTS:
+        lines = document.read_text().splitlines()
+        i = 0
+        while i < len(lines):
+            if lines[i].startswith("```"):
+                lang, start = lines[i][3:].strip(), i + 1
+                end = next(j for j in range(start, len(lines)) if lines[j].startswith("```"))
+                yield f"{document.relative_to(ROOT)}:{start}", lang, "\n".join(lines[start:end])
+                i = end
+            i += 1
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +95,17 @@ def run(lang: str, text: str, stack: dict) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_snippet_is_handled() -> None:
-    for line, lang, text in snippets():
+    found = list(snippets())
+    assert {where.split(":")[0] for where, _, _ in found} >= {"README.md", "docs/http-api.md", "docs/python-api.md",
+                                                              "docs/operating.md"}
+    for where, lang, text in found:
         skipped = any(text.lstrip().startswith(k) for k in NOT_RUN)
-        assert skipped or lang in ("python", "sh", "toml", "yaml"), f"README line {line}: unhandled {lang!r} snippet"
+        assert skipped or lang in ("python", "sh", "toml", "yaml"), f"{where}: unhandled {lang!r} snippet"
 
 
-@pytest.mark.parametrize(("line", "lang", "text"), [s for s in snippets()
-                                                    if not any(s[2].lstrip().startswith(k) for k in NOT_RUN)],
-                         ids=lambda v: str(v) if isinstance(v, int) else None)
-def test_snippet_runs(line: int, lang: str, text: str, stack: dict) -> None:
+@pytest.mark.parametrize(("where", "lang", "text"), [pytest.param(*s, id=s[0]) for s in snippets()
+                                                     if not any(s[2].lstrip().startswith(k) for k in NOT_RUN)])
+def test_snippet_runs(where: str, lang: str, text: str, stack: dict) -> None:
     if lang == "toml":
         assert tomllib.loads(text)
         return
@@ -105,5 +113,5 @@ def test_snippet_runs(line: int, lang: str, text: str, stack: dict) -> None:
         assert all(doc["kind"] for doc in yaml.safe_load_all(text))
         return
     out = run(lang, text, stack)
-    assert out.returncode == 0, f"README line {line}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, f"{where}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     assert "Traceback" not in out.stderr and not re.search(r'"error"\s*:', out.stdout), out.stdout[-2000:]

@@ -1,0 +1,1 @@
+"""Benchmarks, the chaos run and their harness; run from the checkout's root as modules (`python -m scripts.bench`)."""
