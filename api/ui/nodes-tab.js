@@ -68,7 +68,7 @@ export const NodesTab = {
           <th>Loaded models</th><th>Utilization</th><th></th></tr></thead>
         <tbody>
           <tr v-for="node in nodes" :key="node.id" :data-node="node.id">
-            <td class="name" :title="node.name"><strong>{{ node.name }}</strong><div class="muted small">{{ node.id }}</div></td>
+            <td class="name" :title="node.name"><strong>{{ node.name }}</strong><div v-if="node.id !== node.name" class="muted small">{{ node.id }}</div></td>
             <td data-label="Address" class="small">{{ node.address || "—" }}</td>
             <td data-label="Roles"><span v-for="r in node.roles" :key="r" class="chip">{{ r }}</span>
                 <span v-if="!node.roles.length" class="muted">none</span></td>
