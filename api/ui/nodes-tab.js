@@ -75,7 +75,8 @@ export const NodesTab = {
             <td data-label="Status"><span class="dot" :class="node.status"></span>{{ node.status }}</td>
             <td data-label="Workers">{{ node.workers }}</td>
             <td data-label="Device">{{ deviceOf(node) || "—" }}</td>
-            <td data-label="Loaded models">{{ node.loadedModels.join(", ") || "—" }}</td>
+            <td data-label="Loaded models"><span v-for="m in node.loadedModels" :key="m" class="model-name"
+                  data-test="loaded-model">{{ m }}</span><template v-if="!node.loadedModels.length">—</template></td>
             <td data-label="Utilization">{{ node.status === "online" ? pct(node.utilization) : "—" }}</td>
             <td class="actions">
               <template v-if="removing === node.id">

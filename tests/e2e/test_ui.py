@@ -413,14 +413,19 @@ TOO_WIDE = """[...document.querySelectorAll('body *')].filter((e) => e.getBoundi
 LINES = """(selector) => [...document.querySelectorAll(selector)].map((element) => {
   const range = document.createRange();
   range.selectNodeContents(element);
-  return [element.textContent.trim(), new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size];
+  const tops = [...range.getClientRects()].filter((r) => r.width > 0).map((r) => r.top).sort((a, b) => a - b);
+  return [element.textContent.trim(), tops.filter((top, i) => i === 0 || top - tops[i - 1] > 8).length];
 })"""
-"""Each element's text and the number of lines it takes."""
+"""Each element's text and the number of lines it takes (its boxes' tops, those within 8 px as one)."""
 
 HIDDEN_COLUMNS = """[...document.querySelectorAll('table')].filter((t) => t.scrollWidth > t.clientWidth + 1
   || t.scrollWidth > t.parentElement.clientWidth + 1
   || t.getBoundingClientRect().right > document.documentElement.clientWidth + 1).map((t) => t.dataset.test)"""
-"""Tables wider than their box or the screen: columns cut off."""
+"""Tables wider than their box or the screen: columns cut off, or only seen by scrolling."""
+
+UNSCROLLABLE = """[...document.querySelectorAll('table')].filter((t) => t.scrollWidth > t.parentElement.clientWidth + 1
+  && !['auto', 'scroll'].includes(getComputedStyle(t.parentElement).overflowX)).map((t) => t.dataset.test)"""
+"""Tables wider than their box that is not a scroll box: columns cut off."""
 
 
 def on_screen(page: Page, selector: str) -> list[bool]:
@@ -430,33 +435,35 @@ def on_screen(page: Page, selector: str) -> list[bool]:
       return box.width > 0 && box.left >= 0 && box.right <= document.documentElement.clientWidth; })""", selector)
 
 
-def test_420px_wide_the_page_does_not_scroll_sideways(page: Page, site: LiveFacade, ui_settings: Settings,
-                                                      tmp_path: Path) -> None:
-    """At 420 px nothing sticks out, no table column is cut off, every row's buttons are on the screen and
-    names (nodes, models) take one line each."""
-    page.set_viewport_size({"width": 420, "height": 900})
+@pytest.mark.parametrize("width", [420, 760])
+def test_narrow_the_page_does_not_scroll_sideways(page: Page, site: LiveFacade, ui_settings: Settings,
+                                                  tmp_path: Path, width: int) -> None:
+    """On a narrow screen nothing sticks out, tables reflow (one card per row: no column is cut off, every
+    row's buttons are on the screen) and names (nodes, models) take one line each."""
+    page.set_viewport_size({"width": width, "height": 900})
     sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
     card(page, ui_settings.node_id).locator("[data-test=details]").click()
     expect(page.locator(f"[data-test=details-panel] tr[data-model='{MODEL}']")).to_be_visible()
     names = {"NPU Workers": "[data-test=details-models] tbody td:first-child",
              "Nodes": "[data-test=models-table] tbody td:first-child, "
-                      "[data-test=nodes-table] tbody td:first-child strong"}
+                      "[data-test=nodes-table] tbody td:first-child strong, [data-test=nodes-table] td:nth-child(7)"}
     buttons = {"NPU Workers": "[data-test=details-models] td.actions button, [data-test=node-card] button",
                "Nodes": "[data-test=nodes-table] td.actions button"}
     for tab in ("NPU Workers", "Nodes"):
         page.get_by_role("tab", name=tab).click()
         expect(page.locator(names[tab]).first).to_be_visible()
-        wide = page.evaluate(TOO_WIDE)  # what sticks out, for the failure message
-        assert page.evaluate("document.documentElement.scrollWidth") <= 420, (tab, wide)
+        wide = page.evaluate(TOO_WIDE.replace("421", str(width + 1)))  # what sticks out, for the failure message
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, (tab, wide)
+        assert page.evaluate(UNSCROLLABLE) == [], tab
         assert page.evaluate(HIDDEN_COLUMNS) == [], tab
         shown = on_screen(page, buttons[tab])
         assert shown and all(shown), (tab, shown)
         lines = page.evaluate(LINES, names[tab])
         assert lines and all(n == 1 for _, n in lines), (tab, lines)
-        page.screenshot(path=tmp_path / f"{tab.replace(' ', '-').lower()}-420.png", full_page=True)
+        page.screenshot(path=tmp_path / f"{tab.replace(' ', '-').lower()}-{width}.png", full_page=True)
     header = page.locator("header.top").bounding_box()
     role = page.locator("[data-test=role]").bounding_box()
-    assert header and role and role["x"] + role["width"] <= 420  # the header wraps rather than spill over
+    assert header and role and role["x"] + role["width"] <= width  # the header wraps rather than spill over
 
 
 def duration(ms: float) -> str:
@@ -532,3 +539,4 @@ def test_screenshots(page: Page, site: LiveFacade, ui_settings: Settings, api: A
     expect(panel.locator("[data-test=chart] canvas")).to_be_visible()
     panel.screenshot(path=out / "npu-details-panel.png")
     assert (out / "npu-workers-tab.png").stat().st_size > 10_000
+
