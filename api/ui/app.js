@@ -110,6 +110,14 @@ const App = {
       <h1>npu-worker · Fleet</h1>
       <p class="muted">Sign in with an operator token. An admin token may change the fleet; a viewer token
         may only look. The token stays in this tab's session storage until you sign out or close the tab.</p>
+      <div class="hint small" data-test="token-hint">
+        <p><strong>Where is the token?</strong> <code>npu-worker up</code> (or <code>serve</code>) generates an
+          admin token in <code>credentials.json</code> in the state directory,
+          <code>$NPU_STATE_DIR</code> (by default <code>~/.local/share/npu-worker</code>):</p>
+        <pre>jq -r .admin_token "\${NPU_STATE_DIR:-$HOME/.local/share/npu-worker}/credentials.json"</pre>
+        <p>When the facade is configured with <code>NPU_ADMIN_TOKENS</code> or <code>NPU_VIEWER_TOKENS</code>,
+          use one of those instead (viewer tokens come only from <code>NPU_VIEWER_TOKENS</code>).</p>
+      </div>
       <label>Operator token
         <input type="password" v-model="tokenInput" autocomplete="off" name="token" autofocus>
       </label>

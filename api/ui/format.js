@@ -17,6 +17,20 @@ export function num(value, digits = 1, unit = "") {
   return `${Number(value).toFixed(digits)}${unit}`;
 }
 
+/** A duration given in milliseconds: "412.3 ms" below a second, seconds past it ("7.18 s", "42.5 s"). */
+export function duration(ms) {
+  if (ms == null || Number.isNaN(ms)) return "—";
+  const value = Number(ms);
+  if (value < 1000) return `${value.toFixed(1)} ms`;
+  const s = value / 1000;
+  return `${s.toFixed(s < 10 ? 2 : s < 100 ? 1 : 0)} s`;
+}
+
+/** The machine's memory, labelled as such (workers' own memory is shown apart). */
+export function hostMemory(gb) {
+  return gb == null ? "—" : `host memory ${Number(gb).toFixed(1)} GB`;
+}
+
 export function pct(value) {
   return value == null ? "—" : `${Number(value).toFixed(1)}%`;
 }
@@ -32,12 +46,17 @@ export function deviceOf(node) {
   return node.deviceType || (node.capabilities && node.capabilities.deviceType) || null;
 }
 
-/** The NPU Workers tab's stats row, from the nodes the API lists with the npu-worker role. */
+/** The device type of a node with an NPU (the seed's vocabulary: intel-npu, nvidia-gpu, amd-gpu, cpu). */
+export const NPU_DEVICE = "intel-npu";
+
+/** The NPU Workers tab's stats row, from the nodes the API lists with the npu-worker role: every such node
+ * is a worker node, whatever its device; those whose device is an NPU are counted apart. */
 export function npuStats(npuNodes) {
   const online = npuNodes.filter((n) => n.status === "online");
   const loaded = npuNodes.reduce((sum, n) => sum + n.loadedModels.length, 0);
   const distinct = new Set(npuNodes.flatMap((n) => n.loadedModels)).size;
   const avg = online.length ? online.reduce((sum, n) => sum + n.utilization, 0) / online.length : null;
-  return { nodes: npuNodes.length, online: online.length, totalModels: loaded, distinctModels: distinct,
+  const npus = npuNodes.filter((n) => deviceOf(n) === NPU_DEVICE).length;
+  return { nodes: npuNodes.length, online: online.length, npus, totalModels: loaded, distinctModels: distinct,
            averageUtilization: avg };
 }

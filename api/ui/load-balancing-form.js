@@ -39,7 +39,7 @@ export const LoadBalancingForm = {
     },
     nameOf(id) {
       const node = this.npuNodes.find((n) => n.id === id);
-      return node ? node.name : `${id} (not an NPU node)`;
+      return node ? node.name : `${id} (not a worker node)`;
     },
     addRow() {
       const unused = this.modelNames.find((m) => !this.rows.some((r) => r.model === m)) || "";
@@ -86,13 +86,13 @@ export const LoadBalancingForm = {
       </div>
       <h3>Model affinity <span v-if="strategy !== 'model-affinity'" class="muted small">(kept, used only with
         the model-affinity strategy)</span></h3>
-      <p v-if="!rows.length" class="muted">No affinity: every model may run on any NPU node.</p>
+      <p v-if="!rows.length" class="muted">No affinity: every model may run on any worker node.</p>
       <div v-for="(row, i) in rows" :key="i" class="affinity-row" data-test="affinity-row">
         <input v-model="row.model" list="lb-models" placeholder="model" aria-label="model">
         <span class="node-choices">
           <label v-for="id in choices(row)" :key="id" class="chip" :class="{warn: !nodeIds.includes(id)}">
             <input type="checkbox" :value="id" v-model="row.nodes"> {{ nameOf(id) }}</label>
-          <span v-if="!choices(row).length" class="muted">no NPU nodes to choose</span>
+          <span v-if="!choices(row).length" class="muted">no worker nodes to choose</span>
         </span>
         <button type="button" class="link" @click="rows.splice(i, 1)" aria-label="remove row">Remove</button>
       </div>

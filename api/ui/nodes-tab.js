@@ -1,7 +1,7 @@
 // The Nodes tab: this facade's health, every registered node (any role), adding and removing nodes,
 // and the model registry.
 import { del, describe, post } from "./api.js";
-import { ago, deviceOf, level, pct } from "./format.js";
+import { ago, deviceOf, level, num, pct } from "./format.js";
 
 export const NodesTab = {
   name: "NodesTab",
@@ -11,7 +11,7 @@ export const NodesTab = {
     return { form: { name: "", address: "" }, formError: "", adding: false, removing: null, actionError: "" };
   },
   methods: {
-    ago, deviceOf, level, pct,
+    ago, deviceOf, level, num, pct,
     async add() {
       this.formError = "";
       const name = this.form.name.trim(), address = this.form.address.trim();
@@ -54,7 +54,7 @@ export const NodesTab = {
         <div><dt>Missing models</dt><dd>{{ health.missing_models.join(", ") || "none" }}</dd></div>
         <div><dt>Queue depth</dt><dd>{{ health.queue_depth }}</dd></div>
         <div><dt>Utilization</dt><dd>{{ pct(health.utilization) }}</dd></div>
-        <div><dt>Memory</dt><dd>{{ health.memory_gb }} GB</dd></div>
+        <div><dt>Host memory</dt><dd data-test="host-memory">{{ num(health.memory_gb, 1, " GB") }}</dd></div>
       </dl>
     </div>
 
@@ -63,20 +63,21 @@ export const NodesTab = {
       <p v-if="!loaded" class="muted">Loading…</p>
       <p v-else-if="!nodes.length" class="empty" data-test="no-nodes">No nodes yet. A worker registers its node
         when it starts; an admin can add a node by its facade's address below.</p>
-      <table v-else class="table" data-test="nodes-table">
+      <div v-else class="table-wrap"><table class="table cards" data-test="nodes-table">
         <thead><tr><th>Node</th><th>Address</th><th>Roles</th><th>Status</th><th>Workers</th><th>Device</th>
           <th>Loaded models</th><th>Utilization</th><th></th></tr></thead>
         <tbody>
           <tr v-for="node in nodes" :key="node.id" :data-node="node.id">
-            <td><strong>{{ node.name }}</strong><div class="muted small">{{ node.id }}</div></td>
-            <td class="small">{{ node.address || "—" }}</td>
-            <td><span v-for="r in node.roles" :key="r" class="chip">{{ r }}</span>
+            <td class="name" :title="node.name"><strong>{{ node.name }}</strong><div v-if="node.id !== node.name" class="muted small">{{ node.id }}</div></td>
+            <td data-label="Address" class="small">{{ node.address || "—" }}</td>
+            <td data-label="Roles"><span v-for="r in node.roles" :key="r" class="chip">{{ r }}</span>
                 <span v-if="!node.roles.length" class="muted">none</span></td>
-            <td><span class="dot" :class="node.status"></span>{{ node.status }}</td>
-            <td>{{ node.workers }}</td>
-            <td>{{ deviceOf(node) || "—" }}</td>
-            <td>{{ node.loadedModels.join(", ") || "—" }}</td>
-            <td>{{ node.status === "online" ? pct(node.utilization) : "—" }}</td>
+            <td data-label="Status"><span class="dot" :class="node.status"></span>{{ node.status }}</td>
+            <td data-label="Workers">{{ node.workers }}</td>
+            <td data-label="Device">{{ deviceOf(node) || "—" }}</td>
+            <td data-label="Loaded models"><span v-for="m in node.loadedModels" :key="m" class="model-name"
+                  data-test="loaded-model">{{ m }}</span><template v-if="!node.loadedModels.length">—</template></td>
+            <td data-label="Utilization">{{ node.status === "online" ? pct(node.utilization) : "—" }}</td>
             <td class="actions">
               <template v-if="removing === node.id">
                 <button class="danger" @click="remove(node)">Remove node</button>
@@ -87,7 +88,7 @@ export const NodesTab = {
             </td>
           </tr>
         </tbody>
-      </table>
+      </table></div>
       <p v-if="actionError" class="error" role="alert">{{ actionError }}</p>
       <form class="inline-form" @submit.prevent="add" data-test="add-node">
         <h3>Add a node by address</h3>
@@ -100,18 +101,19 @@ export const NodesTab = {
 
     <div class="card" v-if="models">
       <h2>Models</h2>
-      <table class="table" data-test="models-table">
+      <div class="table-wrap"><table class="table cards" data-test="models-table">
         <thead><tr><th>Model</th><th>Task</th><th>Loaded</th><th>Workers</th><th>Devices</th>
           <th>Queue (interactive / bulk)</th><th>Cloud fallback</th></tr></thead>
         <tbody>
           <tr v-for="m in models.models" :key="m.name">
-            <td>{{ m.name }}</td><td>{{ m.task }}</td><td>{{ m.loaded ? "yes" : "no" }}</td>
-            <td>{{ m.workers }}</td><td>{{ m.devices.join(", ") || "—" }}</td>
-            <td>{{ m.queue_depth.interactive }} / {{ m.queue_depth.bulk }}</td>
-            <td>{{ m.cloud_fallback ? "yes" : "no" }}</td>
+            <td class="name" data-test="model-name" :title="m.name">{{ m.name }}</td>
+            <td data-label="Task">{{ m.task }}</td><td data-label="Loaded">{{ m.loaded ? "yes" : "no" }}</td>
+            <td data-label="Workers">{{ m.workers }}</td><td data-label="Devices">{{ m.devices.join(", ") || "—" }}</td>
+            <td data-label="Queue (interactive / bulk)">{{ m.queue_depth.interactive }} / {{ m.queue_depth.bulk }}</td>
+            <td data-label="Cloud fallback">{{ m.cloud_fallback ? "yes" : "no" }}</td>
           </tr>
         </tbody>
-      </table>
+      </table></div>
     </div>
   </section>`,
 };

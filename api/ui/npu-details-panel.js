@@ -1,7 +1,7 @@
 // One NPU node in detail: models with load/unload, inference time and throughput, memory, queues, and
 // the utilization history chart (uPlot). Polls the node's details while open.
 import { describe, enc, get, post } from "./api.js";
-import { ago, deviceOf, num, pct } from "./format.js";
+import { ago, deviceOf, duration, hostMemory, num, pct } from "./format.js";
 import { POLL_MS } from "./poll.js";
 
 const { markRaw } = Vue;
@@ -15,10 +15,6 @@ export const NPUDetailsPanel = {
   },
   computed: {
     device() { return deviceOf(this.node); },
-    queueTotal() {
-      if (!this.details) return null;
-      return Object.values(this.details.queueDepth).reduce((s, q) => s + q.interactive + q.bulk, 0);
-    },
     samples() { return this.details ? this.details.history.length : 0; },
     workerMemory() {
       // The workers' own resident memory (their heartbeats), next to the machine's total.
@@ -47,7 +43,7 @@ export const NPUDetailsPanel = {
     if (this.chart) this.chart.destroy();
   },
   methods: {
-    ago, num, pct,
+    ago, duration, hostMemory, num, pct,
     async load() {
       try {
         this.details = await get(`api/nodes/${enc(this.node.id)}/npu/details`);
@@ -130,30 +126,35 @@ export const NPUDetailsPanel = {
       <div class="tile"><span class="label">Status</span><span><span class="dot" :class="node.status"></span>
         {{ node.status }}</span></div>
       <div class="tile"><span class="label">Device</span><span>{{ device || "—" }}</span></div>
-      <div class="tile"><span class="label">Memory</span>
-        <span data-test="memory">{{ details ? num(details.memoryGB, 1, " GB") : "—" }}</span></div>
+      <div class="tile"><span class="label">Host memory</span>
+        <span data-test="memory" :title="details ? hostMemory(details.memoryGB) : ''">{{ details
+          ? num(details.memoryGB, 1, " GB") : "—" }}</span></div>
       <div class="tile"><span class="label">Worker memory</span>
         <span data-test="worker-memory" :title="workerMemoryTitle">{{ workerMemory }}</span></div>
+      <!-- Queue depth and utilization: the same read as the node's card (the tab's poll), so the two never
+           show different moments of a load that swings within seconds. -->
       <div class="tile"><span class="label">Queue depth</span>
-        <span data-test="queue">{{ queueTotal == null ? "—" : queueTotal }}</span></div>
+        <span data-test="queue">{{ node.queueDepth }}</span></div>
       <div class="tile"><span class="label">Utilization</span>
-        <span>{{ details ? pct(details.utilization) : "—" }}</span></div>
+        <span data-test="utilization">{{ node.status === "online" ? pct(node.utilization) : "—" }}</span></div>
       <div class="tile"><span class="label">Last health check</span><span>{{ node.lastHealthCheck ? ago(node.lastHealthCheck, now)
         : (node.status === "online" ? "live heartbeats" : "never") }}</span></div>
     </div>
     <h3>Models</h3>
-    <table class="table" data-test="details-models">
+    <div class="table-wrap"><table class="table cards" data-test="details-models">
       <thead><tr><th>Model</th><th>Task</th><th>State</th><th>Device</th><th>Inferences</th>
         <th>Mean inference time</th><th>Throughput</th><th>Queue (interactive / bulk)</th><th></th></tr></thead>
       <tbody v-if="details">
         <tr v-for="m in details.models" :key="m.name" :data-model="m.name">
-          <td>{{ m.name }}</td><td>{{ m.task }}</td>
-          <td data-test="model-state"><span class="chip" :class="{on: m.loaded}">{{ state(m) }}</span></td>
-          <td>{{ m.device || "—" }}</td>
-          <td>{{ m.inferences }}</td>
-          <td>{{ num(m.meanLatencyMs, 1, " ms") }}</td>
-          <td data-test="throughput">{{ num(m.throughputPerS, 1, m.task === "generation" ? " tokens/s" : " texts/s") }}</td>
-          <td>{{ queue(m.name) }}</td>
+          <td class="name" data-test="model-name" :title="m.name">{{ m.name }}</td>
+          <td data-label="Task">{{ m.task }}</td>
+          <td data-label="State" data-test="model-state"><span class="chip" :class="{on: m.loaded}">{{ state(m) }}</span></td>
+          <td data-label="Device">{{ m.device || "—" }}</td>
+          <td data-label="Inferences" data-test="inferences">{{ m.inferences }}</td>
+          <td data-label="Mean inference time" data-test="mean-time"
+              :title="m.meanLatencyMs == null ? '' : m.meanLatencyMs + ' ms'">{{ duration(m.meanLatencyMs) }}</td>
+          <td data-label="Throughput" data-test="throughput">{{ num(m.throughputPerS, 1, m.task === "generation" ? " tokens/s" : " texts/s") }}</td>
+          <td data-label="Queue (interactive / bulk)">{{ queue(m.name) }}</td>
           <td class="actions">
             <button v-if="m.loaded" data-test="unload" :disabled="!isAdmin || !!pending[m.name]"
                     :title="isAdmin ? 'Unload from this node' : 'Admin only'" @click="setLoaded(m, false)">Unload</button>
@@ -162,7 +163,7 @@ export const NPUDetailsPanel = {
           </td>
         </tr>
       </tbody>
-    </table>
+    </table></div>
     <p v-if="details && !details.models.length" class="muted">No models are registered.</p>
     <p v-if="actionError" class="error" role="alert">{{ actionError }}</p>
     <h3>Utilization history <span class="muted small">{{ samples }} {{ samples === 1 ? "sample" : "samples" }}, one every

@@ -1,5 +1,5 @@
 // One NPU node: name, status dot, device badge, loaded models count, utilization bar, quick actions.
-import { ago, deviceOf, level, pct } from "./format.js";
+import { ago, deviceOf, hostMemory, level, pct } from "./format.js";
 
 export const NPUNodeCard = {
   name: "NPUNodeCard",
@@ -25,7 +25,7 @@ export const NPUNodeCard = {
       return wanted.length !== loaded.length || wanted.some((m) => !loaded.includes(m));
     },
   },
-  methods: { level, pct },
+  methods: { hostMemory, level, pct },
   template: `
   <article class="card node-card" :class="{selected}" :data-node="node.id" data-test="node-card">
     <header>
@@ -56,7 +56,7 @@ export const NPUNodeCard = {
     <p v-else-if="detection && detection.status === 'pending'" class="muted small">Detecting capabilities…</p>
     <p v-else-if="node.capabilities" class="muted small" data-test="capabilities">
       detected: {{ node.capabilities.deviceType || "?" }}, {{ (node.capabilities.models || []).length }} models,
-      {{ node.capabilities.maxConcurrent }} concurrent, {{ node.capabilities.memoryGB }} GB</p>
+      {{ node.capabilities.maxConcurrent }} concurrent, {{ hostMemory(node.capabilities.memoryGB) }}</p>
     <footer class="actions">
       <button @click="$emit('details')" data-test="details">{{ selected ? "Hide details" : "Details" }}</button>
       <button v-if="detection && detection.status === 'error'" :disabled="!isAdmin"

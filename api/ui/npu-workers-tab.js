@@ -64,15 +64,17 @@ export const NPUWorkersTab = {
   template: `
   <section class="npu-tab" data-test="npu-workers-tab">
     <div class="stats" data-test="stats">
-      <div class="stat card"><span class="label">NPU nodes</span>
+      <div class="stat card" title="Nodes with the npu-worker role, whatever their device"><span class="label"
+           data-test="stat-nodes-label">Worker nodes</span>
         <span class="value" data-test="stat-nodes">{{ stats.nodes }}</span>
-        <span class="muted small">{{ stats.online }} online</span></div>
+        <span class="muted small">{{ stats.online }} online ·
+          <span data-test="stat-npus">{{ stats.npus }}</span> with an NPU</span></div>
       <div class="stat card"><span class="label">Total models</span>
         <span class="value" data-test="stat-models">{{ stats.totalModels }}</span>
-        <span class="muted small">loaded across NPU nodes · {{ stats.distinctModels }} distinct</span></div>
+        <span class="muted small">loaded across worker nodes · {{ stats.distinctModels }} distinct</span></div>
       <div class="stat card"><span class="label">Average utilization</span>
         <span class="value" data-test="stat-utilization">{{ pct(stats.averageUtilization) }}</span>
-        <span class="muted small">over online NPU nodes</span></div>
+        <span class="muted small">over online worker nodes</span></div>
       <div class="stat-actions">
         <button class="primary" data-test="assign-role" :disabled="!isAdmin"
                 :title="isAdmin ? 'Give a registered node the npu-worker role' : 'Admin only'"
@@ -86,7 +88,7 @@ export const NPUWorkersTab = {
 
     <p v-if="!loaded" class="muted">Loading…</p>
     <div v-else-if="!npuNodes.length" class="card empty" data-test="no-npu-nodes">
-      <h2>No NPU nodes</h2>
+      <h2>No worker nodes</h2>
       <p v-if="error">The fleet could not be read: see the message above.</p>
       <p v-else>No node has the npu-worker role. Start a worker (<code>npu-worker work</code>) on a node, or
         register a node by address on the Nodes tab and assign it the role here.</p>

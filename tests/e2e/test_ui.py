@@ -1,6 +1,7 @@
 """The operator page in headless Chromium (Debian's, driven by Playwright) against live facades and a real
 worker: sign-in, the stats row against the API, role assignment through the modal, unloading a model from
-the details panel, what a viewer may press, the old settings URL, and the error and empty states.
+the details panel, what a viewer may press, the old settings URL, the error and empty states, and what the
+page shows 420 px wide.
 
 Everything runs under a key prefix of this module's own, so the fleet the page shows is exactly this
 module's: one worker process (the embedding model only, quick to load), the facade the browser talks to,
@@ -20,9 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from dispatcher.fleet import iso
+from dispatcher.protocol import Heartbeat, Keys, pack, utilization
 from dispatcher.settings import Settings
 from npu_worker.redis_server import free_port
 from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN, LiveFacade, WorkerProcess, _cleanup
@@ -153,6 +156,21 @@ def test_old_settings_url_redirects_to_the_tab_and_sign_in_checks_the_token(page
     assert page.evaluate("sessionStorage.length") == 0
 
 
+def test_the_sign_in_card_says_where_the_token_is(page: Page, site: LiveFacade, tmp_path: Path) -> None:
+    for width in (1280, 420):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(site.url + "/fleet")
+        hint = page.locator("[data-test=signin] [data-test=token-hint]")
+        expect(hint).to_be_visible()
+        for said in ("npu-worker up", "credentials.json", "$NPU_STATE_DIR", "~/.local/share/npu-worker",
+                     "NPU_ADMIN_TOKENS", "NPU_VIEWER_TOKENS"):
+            expect(hint).to_contain_text(said)
+        expect(hint.locator("pre")).to_have_text(
+            'jq -r .admin_token "${NPU_STATE_DIR:-$HOME/.local/share/npu-worker}/credentials.json"')
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        page.screenshot(path=tmp_path / f"signin-{width}.png")
+
+
 # --- the NPU Workers tab against the API
 
 
@@ -174,6 +192,86 @@ def test_stats_row_matches_the_api(page: Page, site: LiveFacade, api: API, ui_se
     assert node["loadedModels"] == [MODEL]
     expect(card(page, ui_settings.node_id).locator("[data-test=model-count]")).to_have_text("1")
     expect(card(page, ui_settings.node_id).locator("[data-test=device]")).to_have_text(node["deviceType"])
+
+
+NPU_NODE = "npu-box"
+"""A node with an NPU, known only by its worker's heartbeat (written by the test: this machine has no NPU).
+It serves no registered model, so nothing is routed to it."""
+
+
+class FakeBeat:
+    """One worker heartbeat of NPU_NODE, written straight to Redis as a worker writes it, so a test sets its
+    load exactly."""
+
+    def __init__(self, settings: Settings):
+        self.r = redis.Redis.from_url(settings.redis_url)
+        self.keys = Keys(settings.key_prefix)
+        self.worker_id = f"{NPU_NODE}-worker"
+
+    def write(self, running: int, max_concurrent: int = 32) -> float:
+        now = time.time()
+        beat = Heartbeat(worker_id=self.worker_id, node_id=NPU_NODE, pid=1, started=now, at=now,
+                         models={"npu-model": "intel-npu"}, devices={"npu-model": "NPU"},
+                         max_concurrent=max_concurrent, memory_gb=16.0, queue_depth=0, queue_depths={},
+                         running=running, utilization=utilization(0, running, max_concurrent), busy_fraction=0,
+                         counters={})
+        pipe = self.r.pipeline()
+        pipe.set(self.keys.worker(self.worker_id), pack(beat), ex=120)
+        pipe.zadd(self.keys.workers, {self.worker_id: now + 120})
+        pipe.execute()
+        return beat.utilization
+
+    def remove(self) -> None:
+        self.r.delete(self.keys.worker(self.worker_id))
+        self.r.zrem(self.keys.workers, self.worker_id)
+        self.r.close()
+
+
+@pytest.fixture
+def npu_beat(ui_settings: Settings, site: LiveFacade) -> Iterator[FakeBeat]:
+    beat = FakeBeat(ui_settings)
+    yield beat
+    beat.remove()
+
+
+def test_the_nodes_tile_counts_worker_nodes_and_npus_apart(page: Page, site: LiveFacade, api: API,
+                                                            npu_beat: FakeBeat) -> None:
+    """The npu-worker role runs on any device: the tile counts the role's nodes as worker nodes and says how
+    many have an NPU (this module's own node is CPU-only)."""
+    npu_beat.write(running=0)
+    sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
+    expect(card(page, NPU_NODE).locator("[data-test=device]")).to_have_text("intel-npu")
+    nodes = api.npu_nodes()
+    devices = sorted(n["deviceType"] or "" for n in nodes)
+    assert devices.count("intel-npu") == 1 and len(nodes) >= 2, devices  # a CPU-only node among them
+    expect(page.locator("[data-test=stats] .stat .label").first).to_have_text("Worker nodes")
+    expect(page.locator("[data-test=stat-nodes]")).to_have_text(str(len(nodes)))
+    expect(page.locator("[data-test=stat-npus]")).to_have_text("1")
+
+
+def test_the_details_panel_shows_the_cards_utilization(page: Page, site: LiveFacade, npu_beat: FakeBeat) -> None:
+    """The card and the details panel read the node from one poll: a load that changes between the tab's poll
+    and the panel's own read must not show as 100% on the card and 21.9% in the panel."""
+    full = npu_beat.write(running=32)
+    sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
+    npu_card = card(page, NPU_NODE)
+    expect(npu_card.locator("[data-test=utilization]")).to_have_text(f"{full:.1f}% utilized")
+    light = npu_beat.write(running=7)  # 21.9%: the next poll of the tab is up to 2.5 s away
+    npu_card.locator("[data-test=details]").click()
+    panel = page.locator(f"[data-test=details-panel][data-node='{NPU_NODE}']")
+    expect(panel.locator(".tile", has_text="Utilization").locator("span").last).to_contain_text("%")
+    shown = set()
+    for _ in range(12):  # over more than one poll: the two always agree, first on 100%, then on 21.9%
+        on_card, in_panel = page.evaluate("""(node) => [
+            document.querySelector(`[data-test=node-card][data-node='${node}'] [data-test=utilization]`).textContent,
+            [...document.querySelectorAll('[data-test=details-panel] .tile')]
+              .find((t) => t.querySelector('.label').textContent === 'Utilization').lastElementChild.textContent]""",
+                                          NPU_NODE)
+        assert on_card.strip() == f"{in_panel.strip()} utilized", (on_card, in_panel)
+        assert panel.locator("[data-test=queue]").inner_text() == "0"
+        shown.add(in_panel.strip())
+        page.wait_for_timeout(300)
+    assert f"{light:.1f}%" in shown, shown
 
 
 def test_assigning_the_role_through_the_modal_shows_the_node_with_detected_capabilities(
@@ -205,6 +303,8 @@ def test_assigning_the_role_through_the_modal_shows_the_node_with_detected_capab
     assert node["detection"]["status"] == "ok" and MODEL in node["capabilities"]["models"]
     expect(peer_card.locator("[data-test=capabilities]")).to_contain_text(
         f"{len(node['capabilities']['models'])} models, {node['capabilities']['maxConcurrent']} concurrent")
+    expect(peer_card.locator("[data-test=capabilities]")).to_contain_text(
+        f"host memory {node['capabilities']['memoryGB']:.1f} GB")
     expect(page.locator("[data-test=stat-nodes]")).to_have_text(str(len(api.npu_nodes())))
 
 
@@ -310,18 +410,91 @@ TOO_WIDE = """[...document.querySelectorAll('body *')].filter((e) => e.getBoundi
   .slice(-6).map((e) => `${e.tagName}.${e.className} ${e.textContent.slice(0, 40)}`)"""
 
 
-def test_420px_wide_the_page_does_not_scroll_sideways(page: Page, site: LiveFacade, ui_settings: Settings) -> None:
-    page.set_viewport_size({"width": 420, "height": 900})
+LINES = """(selector) => [...document.querySelectorAll(selector)].map((element) => {
+  const range = document.createRange();
+  range.selectNodeContents(element);
+  const tops = [...range.getClientRects()].filter((r) => r.width > 0).map((r) => r.top).sort((a, b) => a - b);
+  return [element.textContent.trim(), tops.filter((top, i) => i === 0 || top - tops[i - 1] > 8).length];
+})"""
+"""Each element's text and the number of lines it takes (its boxes' tops, those within 8 px as one)."""
+
+HIDDEN_COLUMNS = """[...document.querySelectorAll('table')].filter((t) => t.scrollWidth > t.clientWidth + 1
+  || t.scrollWidth > t.parentElement.clientWidth + 1
+  || t.getBoundingClientRect().right > document.documentElement.clientWidth + 1).map((t) => t.dataset.test)"""
+"""Tables wider than their box or the screen: columns cut off, or only seen by scrolling."""
+
+UNSCROLLABLE = """[...document.querySelectorAll('table')].filter((t) => t.scrollWidth > t.parentElement.clientWidth + 1
+  && !['auto', 'scroll'].includes(getComputedStyle(t.parentElement).overflowX)).map((t) => t.dataset.test)"""
+"""Tables wider than their box that is not a scroll box: columns cut off."""
+
+
+def on_screen(page: Page, selector: str) -> list[bool]:
+    """Whether each element matching selector lies within the viewport's width, without scrolling sideways."""
+    return page.evaluate("""(selector) => [...document.querySelectorAll(selector)].map((e) => {
+      const box = e.getBoundingClientRect();
+      return box.width > 0 && box.left >= 0 && box.right <= document.documentElement.clientWidth; })""", selector)
+
+
+@pytest.mark.parametrize("width", [420, 760])
+def test_narrow_the_page_does_not_scroll_sideways(page: Page, site: LiveFacade, ui_settings: Settings,
+                                                  tmp_path: Path, width: int) -> None:
+    """On a narrow screen nothing sticks out, tables reflow (one card per row: no column is cut off, every
+    row's buttons are on the screen) and names (nodes, models) take one line each."""
+    page.set_viewport_size({"width": width, "height": 900})
     sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
     card(page, ui_settings.node_id).locator("[data-test=details]").click()
-    expect(page.locator("[data-test=details-panel]")).to_be_visible()
+    expect(page.locator(f"[data-test=details-panel] tr[data-model='{MODEL}']")).to_be_visible()
+    names = {"NPU Workers": "[data-test=details-models] tbody td:first-child",
+             "Nodes": "[data-test=models-table] tbody td:first-child, "
+                      "[data-test=nodes-table] tbody td:first-child strong, [data-test=nodes-table] td:nth-child(7)"}
+    buttons = {"NPU Workers": "[data-test=details-models] td.actions button, [data-test=node-card] button",
+               "Nodes": "[data-test=nodes-table] td.actions button"}
     for tab in ("NPU Workers", "Nodes"):
         page.get_by_role("tab", name=tab).click()
-        wide = page.evaluate(TOO_WIDE)  # what sticks out, for the failure message
-        assert page.evaluate("document.documentElement.scrollWidth") <= 420, (tab, wide)
+        expect(page.locator(names[tab]).first).to_be_visible()
+        wide = page.evaluate(TOO_WIDE.replace("421", str(width + 1)))  # what sticks out, for the failure message
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, (tab, wide)
+        assert page.evaluate(UNSCROLLABLE) == [], tab
+        assert page.evaluate(HIDDEN_COLUMNS) == [], tab
+        shown = on_screen(page, buttons[tab])
+        assert shown and all(shown), (tab, shown)
+        lines = page.evaluate(LINES, names[tab])
+        assert lines and all(n == 1 for _, n in lines), (tab, lines)
+        page.screenshot(path=tmp_path / f"{tab.replace(' ', '-').lower()}-{width}.png", full_page=True)
     header = page.locator("header.top").bounding_box()
     role = page.locator("[data-test=role]").bounding_box()
-    assert header and role and role["x"] + role["width"] <= 420  # the header wraps rather than spill over
+    assert header and role and role["x"] + role["width"] <= width  # the header wraps rather than spill over
+
+
+def duration(ms: float) -> str:
+    """What the page shows for a time in ms: ms below a second, seconds past it."""
+    if ms < 1000:
+        return f"{ms:.1f} ms"
+    s = ms / 1000
+    return f"{s:.{2 if s < 10 else 1 if s < 100 else 0}f} s"
+
+
+def test_details_show_times_past_a_second_in_seconds_and_label_host_memory(
+        page: Page, site: LiveFacade, ui_settings: Settings, api: API) -> None:
+    assert api("POST", "/embeddings", json={"texts": ["a sentence"], "model": MODEL})
+    sign_in(page, site.url, ADMIN_TOKEN, "/fleet#npu-workers")
+    formatted = page.evaluate("""import('./fleet/static/format.js').then((f) =>
+      [7177.6, 412.34, 999.9, 1000, 12345, 123456, null].map((ms) => f.duration(ms)))""")
+    assert formatted == ["7.18 s", "412.3 ms", "999.9 ms", "1.00 s", "12.3 s", "123 s", "—"]
+    card(page, ui_settings.node_id).locator("[data-test=details]").click()
+    panel = page.locator("[data-test=details-panel]")
+    row = panel.locator(f"tr[data-model='{MODEL}']")
+    expect(row.locator("td").nth(4)).not_to_have_text("0")
+    details = api("GET", f"/api/nodes/{ui_settings.node_id}/npu/details")
+    mean = next(m for m in details["models"] if m["name"] == MODEL)["meanLatencyMs"]
+    expect(row.locator("td").nth(5)).to_have_text(duration(mean))
+    memory = panel.locator(".tile", has=page.locator("[data-test=memory]"))
+    expect(memory.locator(".label")).to_have_text("Host memory")
+    expect(memory.locator("[data-test=memory]")).to_have_text(f"{details['memoryGB']:.1f} GB")
+    page.get_by_role("tab", name="Nodes").click()
+    facts = page.locator("[data-test=facade-health] .facts")
+    expect(facts).to_contain_text("Host memory")
+    expect(facts.locator("dt", has_text=re.compile("^Memory$"))).to_have_count(0)
 
 
 def test_no_nodes_and_redis_down_are_readable(page: Page, ui_settings: Settings) -> None:
@@ -366,3 +539,4 @@ def test_screenshots(page: Page, site: LiveFacade, ui_settings: Settings, api: A
     expect(panel.locator("[data-test=chart] canvas")).to_be_visible()
     panel.screenshot(path=out / "npu-details-panel.png")
     assert (out / "npu-workers-tab.png").stat().st_size > 10_000
+
