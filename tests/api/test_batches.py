@@ -157,4 +157,6 @@ def test_hostile_input_is_refused_and_nothing_is_enqueued(client: openai.OpenAI,
         client.batches.create(input_file_id=theirs, endpoint="/v1/embeddings", completion_window="24h")
     assert theirs not in [f.id for f in client.files.list()]
     assert failed.id in [b.id for b in admin.batches.list()]  # the admin sees every app's
+    r = settings.redis()
+    assert not r.exists(f"rq:job:{failed.id}-0") and not r.sismember(Keys(settings.key_prefix).batches_active, failed.id)
     assert bulk_jobs(settings) == before
