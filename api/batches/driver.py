@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis import Redis
@@ -66,7 +66,7 @@ class Driver:
 
     def round(self) -> None:
         lease_ms = int(self.settings.batch_lease_s * 1000)
-        for raw in self.redis.smembers(self.keys.batches_active):  # type: ignore[union-attr]
+        for raw in cast(set[bytes], self.redis.smembers(self.keys.batches_active)):
             batch_id = raw.decode()
             if self._lease(keys=[self.keys.batch(batch_id, "lease")], args=[self.me, lease_ms]):
                 self.step(batch_id)
@@ -112,7 +112,7 @@ class Driver:
 
     def _collect(self, batch_id: str, stop: str | None) -> None:
         inflight = self.keys.batch(batch_id, "inflight")
-        ids = sorted(i.decode() for i in self.redis.smembers(inflight))  # type: ignore[union-attr]
+        ids = sorted(i.decode() for i in cast(set[bytes], self.redis.smembers(inflight)))
         if not ids:
             return
         jobs = Job.fetch_many(ids, connection=self.redis, serializer=MsgpackSerializer)
@@ -144,7 +144,7 @@ class Driver:
     def _fill(self, batch_id: str, cursor: int, total: int) -> int:
         """Enqueue the next groups while fewer than NPU_BATCH_WINDOW jobs are in flight."""
         inflight = self.keys.batch(batch_id, "inflight")
-        room = self.settings.batch_window - int(self.redis.scard(inflight))  # type: ignore[arg-type]
+        room = self.settings.batch_window - int(self.redis.scard(inflight))
         while room > 0 and cursor < total:
             job_id = f"{batch_id}-{cursor}"
             pipe = self.redis.pipeline()  # in flight before it exists: a successor finds it either way
@@ -160,7 +160,7 @@ class Driver:
         """One bulk job through the lane's public API; False when the lane refuses more for now (it is
         tried again next step: the job stays in flight, found missing)."""
         group = self._group(batch_id, job_id)
-        options = {"job_id": job_id, "description": f"batch {batch_id}"}
+        options: dict[str, Any] = {"job_id": job_id, "description": f"batch {batch_id}"}
         try:
             if group["kind"] == "embed":
                 texts = [t for line in group["lines"] for t in line["texts"]]
@@ -221,7 +221,8 @@ class Driver:
         out: list[bytes] = []
         err: list[bytes] = []
         for start in range(0, total, 1000):
-            for value in self.redis.hmget(results, list(range(start, min(total, start + 1000)))):  # type: ignore[union-attr]
+            values = cast(list[bytes | None], self.redis.hmget(results, list(range(start, min(total, start + 1000)))))
+            for value in values:
                 if value is not None:
                     (out if value[:1] == b"o" else err).append(value[1:])
         pipe = self.redis.pipeline()

@@ -107,8 +107,8 @@ def _line(raw: bytes, endpoint: str, dispatcher: AsyncDispatcher, seen: set[str]
         param, message = openai_validation(exc.errors())
         raise _Refused("invalid_request", message, f"body.{param}" if param else "body") from None
     except NPUError as exc:
-        param = exc.extra.get("param") or exc.extra.get("field")
-        raise _Refused(str(exc.code), exc.message, f"body.{param}" if param else None) from None
+        where = exc.extra.get("param") or exc.extra.get("field")
+        raise _Refused(str(exc.code), exc.message, f"body.{where}" if where else None) from None
 
 
 def _embedding(body: EmbeddingRequest, custom_id: str, dispatcher: AsyncDispatcher) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -33,13 +33,14 @@ def put_file(pipe: Any, keys: Keys, *, owner: str, filename: str, purpose: str, 
              ttl_s: int) -> dict[str, Any]:
     """Queue a new file's commands on `pipe` (sync or asyncio; the caller executes) and return its object."""
     now = int(time.time())
-    meta = {"id": new_id("file"), "object": "file", "bytes": len(data), "created_at": now,
+    file_id = new_id("file")
+    meta: dict[str, Any] = {"id": file_id, "object": "file", "bytes": len(data), "created_at": now,
             "expires_at": now + ttl_s, "filename": filename, "purpose": purpose, "status": "processed",
             "status_details": None, "owner": owner}
-    key = keys.file(meta["id"])
+    key = keys.file(file_id)
     pipe.hset(key, mapping={"meta": orjson.dumps(meta), "data": data})
     pipe.expire(key, ttl_s)
-    pipe.zadd(keys.files, {meta["id"]: now})
+    pipe.zadd(keys.files, {file_id: now})
     return meta
 
 
@@ -75,7 +76,7 @@ def batch_object(fields: dict[bytes, bytes]) -> dict[str, Any]:
 
 async def batch_fields(r: Redis, keys: Keys, batch_id: str, owner: str | None) -> dict[bytes, bytes]:
     """A batch's hash (without its big parts), if the caller may see it; else 404, as for a missing one."""
-    fields: dict[bytes, bytes] = await r.hgetall(keys.batch(batch_id)) if batch_id.startswith("batch_") else {}
+    fields = cast(dict[bytes, bytes], await r.hgetall(keys.batch(batch_id))) if batch_id.startswith("batch_") else {}
     if not fields or not visible(orjson.loads(fields[b"obj"]), owner):
         raise NotFoundError(f"No such Batch object: {batch_id}", param="batch_id")
     return fields
@@ -87,11 +88,11 @@ async def page(r: Redis, index: str, key: Callable[[str], tuple[str, str]], owne
     `last_id`, `has_more`. Entries whose record expired are dropped from the index as they are met."""
     start = 0
     if after:
-        rank = await r.zrevrank(index, after)
+        rank = cast(int | None, await r.zrevrank(index, after))
         start = rank + 1 if rank is not None else 0
     data: list[dict[str, Any]] = []
     while len(data) <= limit:
-        ids = [i.decode() for i in await r.zrevrange(index, start, start + 4 * limit)]
+        ids = [i.decode() for i in cast(list[bytes], await r.zrevrange(index, start, start + 4 * limit))]
         if not ids:
             break
         start += len(ids)
@@ -101,8 +102,8 @@ async def page(r: Redis, index: str, key: Callable[[str], tuple[str, str]], owne
             await r.zrem(index, *gone)
         for raw in raws:
             record = orjson.loads(raw) if raw else None
-            if visible(record, owner) and (keep is None or keep(record)):
-                data.append(record)  # type: ignore[arg-type]
+            if record is not None and visible(record, owner) and (keep is None or keep(record)):
+                data.append(record)
     more = len(data) > limit
     data = data[:limit]
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,

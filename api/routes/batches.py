@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import orjson
 from fastapi import APIRouter, Depends, Query
@@ -45,7 +45,7 @@ async def create_batch(body: BatchRequest, who: Caller, dispatcher: Dispatcher) 
     if meta["purpose"] != "batch":
         raise InvalidInputError(f"File {body.input_file_id} has purpose {meta['purpose']!r}, not 'batch'.",
                                 param="input_file_id")
-    data = await r.hget(keys.file(body.input_file_id), "data") or b""
+    data = cast(bytes | None, await r.hget(keys.file(body.input_file_id), "data")) or b""
     checked = await asyncio.to_thread(plan, data, body.endpoint, dispatcher)
     now = int(time.time())
     obj: dict[str, Any] = {
@@ -108,8 +108,8 @@ async def running_batches(dispatcher: Dispatcher) -> dict[str, Any]:
     """The batches not yet finished, with progress: for the operator page."""
     r, keys = dispatcher.redis, dispatcher.keys
     running = []
-    for raw in sorted(await r.smembers(keys.batches_active)):
-        fields = await r.hgetall(keys.batch(raw.decode()))
+    for raw in sorted(cast(set[bytes], await r.smembers(keys.batches_active))):
+        fields = cast(dict[bytes, bytes], await r.hgetall(keys.batch(raw.decode())))
         if fields:
             obj = batch_object(fields)
             counts = obj["request_counts"]

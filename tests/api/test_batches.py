@@ -62,6 +62,7 @@ def bulk_jobs(settings: Settings) -> int:
 def test_embedding_batch_answers_every_line_as_the_route_does(client: openai.OpenAI) -> None:
     lines = embed_lines(24)
     lines[5]["body"]["encoding_format"] = "base64"
+    lines[9]["body"]["input"] = "word " * 3000  # within the character limit, over the model's tokens: refused
     file_id = upload(client, jsonl(lines))
     assert client.files.retrieve(file_id).bytes == len(jsonl(lines))
     assert file_id in [f.id for f in client.files.list(purpose="batch")]
@@ -69,10 +70,12 @@ def test_embedding_batch_answers_every_line_as_the_route_does(client: openai.Ope
                                   metadata={"job": "nightly"})
     assert batch.status == "in_progress" and batch.request_counts.total == 24 and batch.metadata == {"job": "nightly"}
     done = wait(client, batch.id)
-    assert done.status == "completed" and done.request_counts.completed == 24 and done.request_counts.failed == 0
-    assert done.error_file_id is None and done.completed_at >= done.created_at
-    out = output(client, done.output_file_id)
-    assert [o["custom_id"] for o in out] == [f"req-{i}" for i in range(24)]
+    assert done.status == "completed" and done.request_counts.completed == 23 and done.request_counts.failed == 1
+    assert done.completed_at >= done.created_at
+    out, errors = output(client, done.output_file_id), output(client, done.error_file_id)
+    assert [o["custom_id"] for o in out] == [f"req-{i}" for i in range(24) if i != 9]  # its group's others too
+    assert [e["custom_id"] for e in errors] == ["req-9"] and errors[0]["response"]["status_code"] in (400, 413)
+    assert errors[0]["response"]["body"]["error"]["code"] == "input_too_long", errors[0]
     direct = client.embeddings.create(model=MODEL, input=lines[7]["body"]["input"])
     body = out[7]["response"]["body"]
     assert out[7]["response"]["status_code"] == 200 and out[7]["error"] is None
@@ -158,5 +161,6 @@ def test_hostile_input_is_refused_and_nothing_is_enqueued(client: openai.OpenAI,
     assert theirs not in [f.id for f in client.files.list()]
     assert failed.id in [b.id for b in admin.batches.list()]  # the admin sees every app's
     r = settings.redis()
-    assert not r.exists(f"rq:job:{failed.id}-0") and not r.sismember(Keys(settings.key_prefix).batches_active, failed.id)
+    assert not r.exists(f"rq:job:{failed.id}-0")
+    assert not r.sismember(Keys(settings.key_prefix).batches_active, failed.id)
     assert bulk_jobs(settings) == before
