@@ -105,7 +105,7 @@ class Settings(BaseSettings):
                               "results: enough to keep the worker busy, few enough to leave room for others.")
     batch_lease_s: float = Field(10.0, gt=0, description="A facade drives a batch while it renews this lease; "
                                  "another takes the batch over once it lapses.")
-    batch_poll_ms: int = Field(200, ge=10, description="How often each facade's driver steps its batches.")
+    batch_poll_ms: int = Field(100, ge=10, description="How often each facade's driver steps its batches.")
 
     # --- Backpressure
     max_queue: int = Field(1024, ge=1, description="Interactive jobs waiting per model (stream backlog); beyond it "

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 
 from dispatcher.protocol import Keys
 from dispatcher.settings import Settings
-from tests.conftest import ADMIN_TOKEN, APP_KEY, LiveFacade
+from tests.conftest import ADMIN_TOKEN, APP_KEY, ROOT, LiveFacade
 
 MODEL = "all-minilm-l6-v2"
 LLM = "smollm2-135m-instruct"
@@ -164,3 +167,15 @@ def test_hostile_input_is_refused_and_nothing_is_enqueued(client: openai.OpenAI,
     assert not r.exists(f"rq:job:{failed.id}-0")
     assert not r.sismember(Keys(settings.key_prefix).batches_active, failed.id)
     assert bulk_jobs(settings) == before
+
+
+def test_the_docs_example_runs(facade: LiveFacade) -> None:
+    """docs/batch-api.md's example, as written, against the test facade (its address and app key substituted)."""
+    text = (ROOT / "docs" / "batch-api.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("http://localhost:8081", facade.url).replace("<app key>", APP_KEY)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("completed") and out.stdout.splitlines()[1:] == [
+        "doc-0 384", "doc-1 384", "doc-2 384"]
