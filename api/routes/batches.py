@@ -1,5 +1,5 @@
 """OpenAI's Batch API (`/v1/batches`): create, retrieve, list, cancel; and the operator's view of the
-running batches (`GET /batches`).
+running batches (`GET /api/batches`).
 
 Create checks the whole input file first (`api/batches/lines.py`): a bad line fails the batch at
 `validating` with its line number in `errors`, and nothing is enqueued. A valid batch is stored as groups
@@ -103,7 +103,7 @@ async def list_batches(who: Caller, dispatcher: Dispatcher, after: str | None = 
     return listed
 
 
-@operator.get("/batches", dependencies=[Depends(require_read)])
+@operator.get("/api/batches", dependencies=[Depends(require_read)])
 async def running_batches(dispatcher: Dispatcher) -> dict[str, Any]:
     """The batches not yet finished, with progress: for the operator page."""
     r, keys = dispatcher.redis, dispatcher.keys

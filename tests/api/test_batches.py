@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import orjson
@@ -17,7 +18,7 @@ import pytest
 
 from dispatcher.protocol import Keys
 from dispatcher.settings import Settings
-from tests.conftest import ADMIN_TOKEN, APP_KEY, ROOT, LiveFacade
+from tests.conftest import ADMIN_TOKEN, APP_KEY, ROOT, VIEWER_TOKEN, LiveFacade
 
 MODEL = "all-minilm-l6-v2"
 LLM = "smollm2-135m-instruct"
@@ -116,12 +117,16 @@ def test_chat_batch_and_the_async_client(facade: LiveFacade) -> None:
     assert body["choices"][0]["message"]["content"] and 0 < body["usage"]["completion_tokens"] <= 8
 
 
-def test_cancel_stops_dispatching_and_ends_cancelled(client: openai.OpenAI, settings: Settings) -> None:
+def test_cancel_stops_dispatching_and_ends_cancelled(client: openai.OpenAI, facade: LiveFacade) -> None:
     lines = [{"custom_id": f"c-{i}", "method": "POST", "url": "/v1/chat/completions",
               "body": {"model": LLM, "max_tokens": 24, "messages": [{"role": "user", "content": f"Story {i}"}]}}
              for i in range(40)]
     batch = client.batches.create(input_file_id=upload(client, jsonl(lines)), endpoint="/v1/chat/completions",
                                   completion_window="24h")
+    running = httpx.get(f"{facade.url}/api/batches", headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}).json()
+    mine = next(b for b in running["batches"] if b["id"] == batch.id)  # the operator page's view
+    assert mine["request_counts"]["total"] == 40 and 0 <= mine["done"] < 1
+    assert httpx.get(f"{facade.url}/api/batches", headers={"Authorization": f"Bearer {APP_KEY}"}).status_code == 403
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at
     done = wait(client, batch.id)
