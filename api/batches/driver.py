@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import orjson
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
 from dispatcher import errors as npu_errors
@@ -60,7 +61,9 @@ class Driver:
         while True:
             try:
                 await asyncio.to_thread(self.round)
-            except Exception:  # Redis away, a bug in one batch: logged, and the next round tries again
+            except RedisError as exc:  # Redis away: the next round tries again
+                log.debug("batch driver round skipped: %s", exc)
+            except Exception:  # a bug met in one batch: logged, and the next round tries again
                 log.exception("batch driver round failed")
             await asyncio.sleep(self.settings.batch_poll_ms / 1000)
 

@@ -7,6 +7,7 @@ checked whole before it is kept: size (413), line count (400), line size (413), 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from email import policy
 from email.parser import BytesParser
@@ -71,9 +72,8 @@ def check_batch_file(data: bytes, settings: Settings) -> None:
                                     "object per line.", line=number, param="file")
 
 
-def _form(request: Request, body: bytes) -> tuple[dict[str, str], tuple[str, bytes] | None]:
+def _form(kind: str, body: bytes) -> tuple[dict[str, str], tuple[str, bytes] | None]:
     """multipart/form-data by the standard library's MIME parser: its fields, and its `file` part."""
-    kind = request.headers.get("content-type", "")
     if not kind.lower().startswith("multipart/form-data"):
         raise InvalidInputError("Send the file as multipart/form-data, with fields `file` and `purpose`.")
     head = b"Content-Type: " + kind.encode("latin-1") + b"\r\n\r\n"
@@ -95,14 +95,15 @@ def _form(request: Request, body: bytes) -> tuple[dict[str, str], tuple[str, byt
 @router.post("/files", responses=ERRORS)
 async def create_file(request: Request, who: Caller, dispatcher: Dispatcher) -> dict[str, Any]:
     settings = dispatcher.settings
-    fields, upload = _form(request, await request.body())
+    # Parsing and checking a file of up to NPU_BATCH_FILE_MAX_BYTES takes a while: not on the event loop.
+    fields, upload = await asyncio.to_thread(_form, request.headers.get("content-type", ""), await request.body())
     if fields.get("purpose") != "batch":
         raise InvalidInputError("purpose must be 'batch': this service keeps files for the Batch API only.",
                                 param="purpose")
     if upload is None:
         raise InvalidInputError("Missing required parameter: 'file'.", param="file")
     filename, data = upload
-    check_batch_file(data, settings)
+    await asyncio.to_thread(check_batch_file, data, settings)
     pipe = dispatcher.redis.pipeline(transaction=True)
     meta = put_file(pipe, dispatcher.keys, owner=who[0], filename=filename, purpose="batch", data=data,
                     ttl_s=settings.batch_file_ttl_s)

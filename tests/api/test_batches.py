@@ -15,6 +15,7 @@ import numpy as np
 import openai
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from dispatcher.protocol import Keys
 from dispatcher.settings import Settings
@@ -157,17 +158,28 @@ def test_hostile_input_is_refused_and_nothing_is_enqueued(client: openai.OpenAI,
     assert failed.status == "failed" and failed.failed_at and failed.output_file_id is None
     errors = [(e.line, e.code, e.param) for e in failed.errors.data]
     assert errors == [(4, "mismatched_endpoint", "url"), (5, "invalid_request", "body.input")]
-    # Another app's file and batch, and a file the admin made: unknown to this app (404, not 403).
-    admin = openai.OpenAI(base_url=f"{facade.url}/v1", api_key=ADMIN_TOKEN, max_retries=0)
-    theirs = upload(admin, jsonl(embed_lines(2)))
-    with pytest.raises(openai.NotFoundError):
-        client.files.retrieve(theirs)
-    with pytest.raises(openai.NotFoundError):
-        client.files.content(theirs)
-    with pytest.raises(openai.NotFoundError):
-        client.batches.create(input_file_id=theirs, endpoint="/v1/embeddings", completion_window="24h")
-    assert theirs not in [f.id for f in client.files.list()]
-    assert failed.id in [b.id for b in admin.batches.list()]  # the admin sees every app's
+    # Another app's file and batch: unknown to this app (404, not 403); the admin sees every app's.
+    other_key = "another-app-key"
+    two_apps = LiveFacade(settings.model_copy(update={"api_keys": [SecretStr(APP_KEY), SecretStr(other_key)]}))
+    try:
+        other = openai.OpenAI(base_url=f"{two_apps.url}/v1", api_key=other_key, max_retries=0)
+        theirs = upload(other, jsonl(embed_lines(2)))
+        their_batch = other.batches.create(input_file_id=theirs, endpoint="/v1/embeddings", completion_window="24h")
+        for attempt in (lambda: client.files.retrieve(theirs), lambda: client.files.content(theirs),
+                        lambda: client.files.delete(theirs), lambda: client.batches.retrieve(their_batch.id),
+                        lambda: client.batches.cancel(their_batch.id),
+                        lambda: client.batches.create(input_file_id=theirs, endpoint="/v1/embeddings",
+                                                      completion_window="24h")):
+            with pytest.raises(openai.NotFoundError):
+                attempt()
+        assert theirs not in [f.id for f in client.files.list()]
+        assert their_batch.id not in [b.id for b in client.batches.list()]
+        assert failed.id not in [b.id for b in other.batches.list()]
+        admin = openai.OpenAI(base_url=f"{facade.url}/v1", api_key=ADMIN_TOKEN, max_retries=0)
+        assert {failed.id, their_batch.id} <= {b.id for b in admin.batches.list()}
+        assert wait(other, their_batch.id).status == "completed"
+    finally:
+        two_apps.stop()
     r = settings.redis()
     assert not r.exists(f"rq:job:{failed.id}-0")
     assert not r.sismember(Keys(settings.key_prefix).batches_active, failed.id)
