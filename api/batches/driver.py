@@ -131,8 +131,9 @@ class Driver:
                 if len(group["lines"]) > 1 and not stop:  # find which line(s) failed: each on its own
                     subs = [f"{job_id}-{i}" for i in range(len(group["lines"]))]
                     self.redis.sadd(inflight, *subs)
-                    for sub in subs:
-                        self._submit(batch_id, sub)
+                    for sub in subs:  # a predecessor may have split it already
+                        if not Job.exists(sub, connection=self.redis):
+                            self._submit(batch_id, sub)
                 else:
                     self._failed(batch_id, group, job_id, job)
             elif stop:  # waiting (cancelled now), or gone, while the batch stops

@@ -196,3 +196,19 @@ def test_the_docs_example_runs(facade: LiveFacade) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("completed") and out.stdout.splitlines()[1:] == [
         "doc-0 384", "doc-1 384", "doc-2 384"]
+
+
+def test_an_expired_batch_ends_expired_with_every_line_answered(client: openai.OpenAI, settings: Settings) -> None:
+    lines = [{"custom_id": f"x-{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": LLM, "max_tokens": 24, "messages": [{"role": "user", "content": f"Tale {i}"}]}}
+             for i in range(30)]
+    batch = client.batches.create(input_file_id=upload(client, jsonl(lines)), endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    r, key = settings.redis(), Keys(settings.key_prefix).batch(batch.id)
+    obj = orjson.loads(r.hget(key, "obj"))
+    r.hset(key, "obj", orjson.dumps({**obj, "expires_at": obj["created_at"] - 1}))  # its 24 hours are up
+    done = wait(client, batch.id)
+    assert done.status == "expired" and done.expired_at
+    answered = output(client, done.output_file_id) + output(client, done.error_file_id)
+    assert sorted(o["custom_id"] for o in answered) == sorted(f"x-{i}" for i in range(30))
+    assert any(o["error"] and o["error"]["code"] == "batch_expired" for o in answered)
