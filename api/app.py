@@ -17,10 +17,25 @@ from dispatcher.settings import Settings, get_settings
 
 from . import errors
 from .auth import Authenticator
+from .batches.driver import Driver
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
-from .routes import embeddings, fleet, health, inference, liveness, metrics, models, openai, schema, ui, whoami
+from .routes import (
+    batches,
+    embeddings,
+    files,
+    fleet,
+    health,
+    inference,
+    liveness,
+    metrics,
+    models,
+    openai,
+    schema,
+    ui,
+    whoami,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +67,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher = app.state.dispatcher = AsyncDispatcher(settings)
         app.state.fleet = Fleet(dispatcher.redis, dispatcher.keys, settings, dispatcher.registry)
         sampler = asyncio.create_task(_sample_history(app.state.fleet))
+        driver = app.state.batch_driver = Driver(settings, dispatcher.registry)
+        driving = asyncio.create_task(driver.run())  # steps the Batch API's batches (api/batches/driver.py)
         yield
         sampler.cancel()
+        driving.cancel()
+        await asyncio.gather(driving, return_exceptions=True)
+        driver.close()
         await app.state.dispatcher.aclose()
 
     # FastAPI's own schema and docs routes would be unauthenticated: off; `routes/schema.py` serves the
@@ -69,8 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.auth = Authenticator(settings)  # here, not in lifespan: missing credentials fail the build
     # Each router declares its own requirement (api/auth.py); liveness and the page's shell are `public`.
-    for module in (liveness, health, models, schema, embeddings, inference, openai, fleet, whoami, ui):
+    for module in (liveness, health, models, schema, embeddings, inference, openai, files, batches, fleet, whoami, ui):
         app.include_router(module.router)
+    app.include_router(batches.operator)
     app.include_router(metrics.router(settings))
     document_limits(app, settings)
     app.add_middleware(AccessLogMiddleware)

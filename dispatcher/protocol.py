@@ -87,6 +87,29 @@ class Keys:
         """A v2 request nonce already used, kept until its timestamp leaves the signature window."""
         return f"{self.prefix}:nonce:{service_id}:{nonce}"
 
+    def file(self, file_id: str) -> str:
+        """A Batch API file: a hash of its `meta` (JSON) and its `data` (the bytes), expiring with it."""
+        return f"{self.prefix}:file:{file_id}"
+
+    @property
+    def files(self) -> str:
+        """Sorted set of file ids by creation time, for listing (expired ones are dropped when met)."""
+        return f"{self.prefix}:files"
+
+    def batch(self, batch_id: str, part: str = "") -> str:
+        """A batch's hash (`obj`, counters, cursor), or one of its parts: `groups`, `results`, `inflight`, `lease`."""
+        return f"{self.prefix}:batch:{batch_id}" + (f":{part}" if part else "")
+
+    @property
+    def batches(self) -> str:
+        """Sorted set of batch ids by creation time, for listing."""
+        return f"{self.prefix}:batches"
+
+    @property
+    def batches_active(self) -> str:
+        """Set of the batches some facade's driver must still step."""
+        return f"{self.prefix}:batches:active"
+
 
 Prompt = str | list[dict[str, str]]
 """What generation takes: one user message, or a chat of {"role", "content"} messages."""

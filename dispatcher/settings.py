@@ -95,6 +95,18 @@ class Settings(BaseSettings):
     bulk_replica_timeout_ms: int = Field(500, ge=1, description="Longest wait for those replicas; short of "
                                          "them, `submit_*` raises 503 `unavailable` (reason `not_replicated`).")
 
+    # --- Batch API (`/v1/files`, `/v1/batches`): files live in Redis, see docs/batch-api.md
+    batch_file_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest file `/v1/files` "
+                                      "takes (413 above); NPU_MAX_BODY_BYTES caps the upload too.")
+    batch_max_lines: int = Field(50000, ge=1, description="Lines in one batch input file (400 above), as OpenAI.")
+    batch_line_max_bytes: int = Field(1024 * 1024, ge=64, description="Bytes in one line of a batch file (413 above).")
+    batch_file_ttl_s: int = Field(7 * 86400, ge=60, description="How long an uploaded or output file is kept.")
+    batch_window: int = Field(64, ge=1, description="Bulk jobs a batch keeps queued or running ahead of its "
+                              "results: enough to keep the worker busy, few enough to leave room for others.")
+    batch_lease_s: float = Field(10.0, gt=0, description="A facade drives a batch while it renews this lease; "
+                                 "another takes the batch over once it lapses.")
+    batch_poll_ms: int = Field(100, ge=10, description="How often each facade's driver steps its batches.")
+
     # --- Backpressure
     max_queue: int = Field(1024, ge=1, description="Interactive jobs waiting per model (stream backlog); beyond it "
                            "callers go to the cloud when allowed, else get 429 `overloaded`.")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dispatcher.errors import InvalidInputError
 from dispatcher.limits import Role
 from dispatcher.models import ModelSpec
-from dispatcher.results import StreamChunk
+from dispatcher.results import EmbedResult, GenerateResult, StreamChunk
 
 from .. import metrics
 from ..auth import RESPONSES, AuthenticatedRoute, require_inference, require_models
@@ -104,6 +104,11 @@ async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
     started = time.perf_counter()
     result = await dispatcher.embed(texts, body.model, deadline_s=body.deadline_s)
     metrics.observe("/v1/embeddings", result, time.perf_counter() - started)
+    return ORJSONResponse(embedding_body(body, result), headers={"X-NPU-Source": result.source})
+
+
+def embedding_body(body: EmbeddingRequest, result: EmbedResult) -> dict[str, Any]:
+    """The `/v1/embeddings` answer to `body` (also a batch line's response body)."""
     dim = int(result.vectors.shape[1])
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidInputError(f"{body.model} returns {dim} dimensions; it cannot return {body.dimensions}",
@@ -113,11 +118,9 @@ async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
     else:
         data = list(result.vectors)
     tokens = sum(result.token_counts) if result.token_counts else 0
-    return ORJSONResponse({
-        "object": "list", "model": result.model,
-        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }, headers={"X-NPU-Source": result.source})
+    return {"object": "list", "model": result.model,
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 @router.post("/chat/completions", dependencies=[Depends(require_inference)], responses={
@@ -125,7 +128,7 @@ async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
 async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     started = time.perf_counter()
-    chunks = dispatcher.stream(messages, body.model, max_tokens=_max_tokens(body), temperature=body.temperature,
+    chunks = dispatcher.stream(messages, body.model, max_tokens=max_tokens(body), temperature=body.temperature,
                                deadline_s=body.deadline_s, deltas=body.stream, stop=body.stops())
     first = await anext(chunks)  # awaited here: a refused request is a plain JSON error with its status
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -135,16 +138,19 @@ async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
         result = first.result
         assert result is not None
         metrics.observe("/v1/chat/completions", result, time.perf_counter() - started)
-        return ORJSONResponse({
-            "id": completion_id, "object": "chat.completion", "created": created, "model": result.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "finish_reason": _finish(result.finish_reason)}],
-            "usage": _usage(result.prompt_tokens, result.completion_tokens),
-        }, headers={"X-NPU-Source": result.source})
+        return ORJSONResponse(chat_body(result, completion_id, created), headers={"X-NPU-Source": result.source})
     model = body.model or dispatcher.registry.default("generation")  # an empty name means the default model
     usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(_sse(first, chunks, completion_id, created, model, started, usage),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def chat_body(result: GenerateResult, completion_id: str, created: int) -> dict[str, Any]:
+    """The non-streaming `/v1/chat/completions` answer (also a batch line's response body)."""
+    return {"id": completion_id, "object": "chat.completion", "created": created, "model": result.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                         "finish_reason": _finish(result.finish_reason)}],
+            "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
 
 async def _sse(first: StreamChunk, rest: AsyncIterator[StreamChunk], completion_id: str, created: int,
@@ -204,6 +210,6 @@ def _model(spec: ModelSpec) -> dict[str, Any]:
     return {"id": spec.name, "object": "model", "created": created, "owned_by": "npu-worker"}
 
 
-def _max_tokens(body: ChatRequest) -> int | None:
+def max_tokens(body: ChatRequest) -> int | None:
     """`max_completion_tokens` (OpenAI's current name) wins over `max_tokens`; a 0 is refused, not ignored."""
     return body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
