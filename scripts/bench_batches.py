@@ -1,19 +1,17 @@
-#!/usr/bin/env python
 """The Batch API against the plain bulk lane: the same texts, one run, side by side.
 
-Starts the stack of `scripts/bench.py` (an embedded Redis unless --redis-url, one worker, the facade),
+Starts the stack of `scripts.bench` (an embedded Redis unless --redis-url, one worker, the facade),
 sends the corpus's sentences through the bulk lane as a backend would (`Dispatcher.submit_embed`, jobs
 of --per-job texts, waiting for each job's status as the bench's row P6 does), then the same sentences
 as an N-line batch through the HTTP API (upload, create, poll until `completed`, output downloaded),
 and prints both rates and their ratio. Not a test: it asserts nothing, it reports.
 
-    .venv/bin/python scripts/bench_batches.py [--lines 10000] [--texts-per-line 1] [--per-job 100]
+    .venv/bin/python -m scripts.bench_batches [--lines 10000] [--texts-per-line 1] [--per-job 100]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,15 +21,13 @@ import orjson
 import redis
 from rq.job import Job, JobStatus
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from dispatcher.client import Dispatcher  # noqa: E402
-from scripts.bench import EMBED, Stack  # noqa: E402
+from dispatcher.client import Dispatcher
+from scripts.bench import EMBED, bench_stack, stack_settings
+from scripts.harness import SENTENCES, Stack
 
 
 def plain_lane(stack: Stack, texts: list[str], per_job: int) -> float:
-    dispatcher = Dispatcher(stack.settings)
+    dispatcher = Dispatcher(stack_settings(stack))
     r = redis.Redis.from_url(stack.redis_url)
     started = time.perf_counter()
     waiting = [dispatcher.submit_embed(texts[i:i + per_job], EMBED, result_ttl=600).id
@@ -78,14 +74,14 @@ def main() -> None:
     parser.add_argument("--texts-per-line", type=int, default=1)
     parser.add_argument("--per-job", type=int, default=100, help="texts per job of the plain bulk lane")
     parser.add_argument("--redis-url", default=None)
-    parser.add_argument("--corpus", type=Path, default=ROOT / "scripts" / "data" / "sentences.txt")
+    parser.add_argument("--corpus", type=Path, default=SENTENCES)
     args = parser.parse_args()
     sentences = [s.strip() for s in args.corpus.read_text().splitlines() if s.strip()]
     k = args.texts_per_line
     lines = [[sentences[(i * k + j) % len(sentences)] for j in range(k)] for i in range(args.lines)]
     texts = [t for line in lines for t in line]
     with tempfile.TemporaryDirectory() as workdir:
-        stack = Stack(args.redis_url, Path(workdir))
+        stack = bench_stack(args.redis_url, Path(workdir))
         try:
             plain_lane(stack, texts[:200], args.per_job)  # warm-up: the model's first shapes
             plain = plain_lane(stack, texts, args.per_job)
