@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar, cast
+from typing import Generic, Literal, Protocol, TypeVar, cast
 
 import httpx
 from rq.job import Job as RQJob
@@ -177,7 +177,7 @@ class Enqueue(Effect[RQJob]):
     queue: str
     task: str
     kwargs: dict[str, object]
-    options: dict[str, Any]
+    options: dict[str, object]
     """RQ's own `enqueue` options, passed through (their types are RQ's)."""
 
 
@@ -340,14 +340,14 @@ class DispatchPolicy:
     # --- bulk lane
 
     def submit_embed(self, texts: list[str], model: str | None, *, truncate: bool = False,
-                     rq_options: dict[str, Any]) -> Flow[RQJob]:
+                     rq_options: dict[str, object]) -> Flow[RQJob]:
         spec = self.spec(model, "embedding")
         texts = self.limits.check_texts(texts)
         return (yield from self._enqueue(spec, EMBED_TASK, {"texts": texts, "model": spec.name, "truncate": truncate},
                                          rq_options))
 
     def submit_generate(self, prompt: Prompt, model: str | None, *, max_tokens: int | None = None,
-                        temperature: float | None = None, rq_options: dict[str, Any]) -> Flow[RQJob]:
+                        temperature: float | None = None, rq_options: dict[str, object]) -> Flow[RQJob]:
         spec = self.spec(model, "generation")
         prompt = self.limits.check_prompt(prompt, max_tokens, temperature)
         kwargs: dict[str, object] = {"prompt": prompt, "model": spec.name, "max_tokens": self.new_tokens(max_tokens),
@@ -359,7 +359,7 @@ class DispatchPolicy:
         return self.keys.queue(self.registry.get(model).name)
 
     def _enqueue(self, spec: ModelSpec, task: str, kwargs: dict[str, object],
-                 rq_options: dict[str, Any]) -> Flow[RQJob]:
+                 rq_options: dict[str, object]) -> Flow[RQJob]:
         """To the node routing names; with no live worker, the shared queue waits for one. Then, when
         asked (`bulk_wait_replicas`), a replica's confirmation: replication is asynchronous, and a job only
         the master holds dies with it in a failover, so the submitter is told and can submit again."""
@@ -478,7 +478,7 @@ class DispatchPolicy:
 
     # --- steps both share
 
-    def _job(self, spec: ModelSpec, **fields: Any) -> Job:
+    def _job(self, spec: ModelSpec, **fields: object) -> Job:
         """The reply key is the driver's to name (a key per job, or its inbox)."""
         return Job(model=spec.name, reply="", deadline_at=0.0, request_id=request_id.get(), **fields)
 
