@@ -27,8 +27,7 @@ import redis.asyncio as aredis
 from rq import Queue
 from rq.job import Job as RQJob
 
-from .flow import (
-    DispatchPolicy,
+from .effects import (
     Effect,
     Enqueue,
     Flow,
@@ -42,6 +41,7 @@ from .flow import (
     StreamFlow,
     WaitReplicas,
 )
+from .flow import DispatchPolicy
 from .inbox import Inbox
 from .models import Registry
 from .protocol import MsgpackSerializer, Prompt, Reply, new_id, pack, read_reply, unpack

@@ -1,15 +1,13 @@
 """What a dispatcher decides, written once and without I/O: route, send, wait, retry, fall back to the cloud.
 
-Each call is a generator (a "flow") that yields *effects*, small typed requests for I/O (read the fleet,
-send this job and wait for its first reply, send this HTTP request), and is sent each one's reply, or has
-its exception thrown in, so `try/except` in the flow handles a Redis outage or a cloud error where the
-decision is made. An `Effect[T]` is answered with a `T`: a flow writes `reply = yield from Send(...)` and
-its type checker knows the reply's type. A flow *returns* its result (an `EmbedResult`, a
-`GenerateResult`, a bulk job); a generation's flow also yields its text as `StreamChunk`s, told apart
-from effects by type. Time is read from an injected `Clock`, so a test drives a flow by hand and moves
-time itself. Two thin drivers run flows: `Dispatcher` with blocking redis-py and httpx, `AsyncDispatcher`
-with their asyncio forms (`dispatcher/client.py`). This is the shape of httpx's own auth flows
-(`httpx.Auth.auth_flow`, run by `sync_auth_flow` and `async_auth_flow`).
+Each call is a generator (a "flow") that yields effects (`dispatcher/effects.py`: read the fleet, send
+this job and wait for its first reply, send this HTTP request), each typed with its reply, and is sent
+that reply, or has its exception thrown in, so `try/except` in the flow handles a Redis outage or a cloud
+error where the decision is made. A flow *returns* its result (an `EmbedResult`, a `GenerateResult`, a
+bulk job); a generation's flow also yields its text as `StreamChunk`s, told apart from effects by type.
+Two thin drivers run flows: `Dispatcher` with blocking redis-py and httpx, `AsyncDispatcher` with their
+asyncio forms (`dispatcher/client.py`). This is the shape of httpx's own auth flows (`httpx.Auth.auth_flow`,
+run by `sync_auth_flow` and `async_auth_flow`).
 
 Policy, in one place:
 - No live worker for the model (heartbeats say so), or its queue is full: the caller does not wait.
@@ -29,15 +27,28 @@ Policy, in one place:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar, cast
+from typing import Literal
 
 import httpx
 from rq.job import Job as RQJob
 
 from .cloud import CloudAPI
+from .effects import (
+    Clock,
+    Enqueue,
+    Flow,
+    Http,
+    IsAlive,
+    Pause,
+    QueueLength,
+    ReadFleet,
+    Receive,
+    Send,
+    StreamFlow,
+    SystemClock,
+    WaitReplicas,
+)
 from .errors import (
     REDIS_DOWN,
     ErrorCode,
@@ -84,115 +95,6 @@ Decision = tuple[Availability, str | None]
 """Availability, and the node whose stream a job goes to (None: the model's shared stream)."""
 Fallback = Literal["no_worker", "overloaded", "deadline", "worker_lost", "redis_unavailable"]
 """Why a request went to the cloud (or failed): the `fallback_reason` callers read."""
-
-
-class Clock(Protocol):
-    """Where a flow reads time: `time.monotonic` for durations, `time.time` for what workers compare."""
-
-    def monotonic(self) -> float: ...
-
-    def time(self) -> float: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-
-# --- effects: what a flow asks its driver to do, each with the type of its reply
-
-T = TypeVar("T")
-R = TypeVar("R")
-T_co = TypeVar("T_co", covariant=True)
-
-
-class Effect(Generic[T_co]):
-    """A request for I/O answered with a `T_co`. `reply = yield from effect` yields it and types the reply."""
-
-    def __iter__(self) -> Generator[Effect[T_co], object, T_co]:
-        reply = yield self
-        return cast(T_co, reply)
-
-
-@dataclass(frozen=True)
-class ReadFleet(Effect[FleetSnapshot]):
-    """The fleet's state for `model` (`routing.FleetRead`). Drivers may let concurrent readers share one."""
-
-    model: str
-
-
-@dataclass(frozen=True)
-class Send(Effect[Reply | None]):
-    """Queue `job` on the model's stream (the node's when `node` is set) and wait up to `timeout_s` for its
-    first reply; None when none came. The driver names the reply key."""
-
-    job: Job
-    node: str | None
-    timeout_s: float
-
-
-@dataclass(frozen=True)
-class Receive(Effect[Reply | None]):
-    """The next reply of a job already sent, or None after `timeout_s`."""
-
-    job: Job
-    timeout_s: float
-
-
-@dataclass(frozen=True)
-class IsAlive(Effect[bool]):
-    """Whether a worker's heartbeat is still there."""
-
-    worker_id: str
-
-
-@dataclass(frozen=True)
-class Pause(Effect[None]):
-    """Wait this long before the next step (between resubmissions during a failover)."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Http(Effect[httpx.Response]):
-    """Send this request (to the cloud)."""
-
-    request: httpx.Request
-
-
-@dataclass(frozen=True)
-class QueueLength(Effect[int]):
-    """Jobs waiting in a bulk (RQ) queue."""
-
-    queue: str
-
-
-@dataclass(frozen=True)
-class Enqueue(Effect[RQJob]):
-    """Enqueue an RQ job of `task` on a bulk queue."""
-
-    queue: str
-    task: str
-    kwargs: dict[str, object]
-    options: dict[str, object]
-    """RQ's own `enqueue` options, passed through (their types are RQ's)."""
-
-
-@dataclass(frozen=True)
-class WaitReplicas(Effect[int]):
-    """Redis WAIT: how many replicas confirmed the writes so far, within `timeout_ms`."""
-
-    replicas: int
-    timeout_ms: int
-
-
-Flow = Generator[Effect[object], object, R]
-"""Yields effects, is sent their replies, returns an `R`."""
-StreamFlow = Generator[Effect[object] | StreamChunk, object, R]
-"""As `Flow`, and yields text as it comes."""
 
 
 # --- one request's state

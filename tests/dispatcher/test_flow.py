@@ -12,10 +12,7 @@ import pytest
 import redis
 from rq.job import Job as RQJob
 
-from dispatcher.errors import InvalidInputError, NPUUnavailableError, OverloadedError, WorkerLostError
-from dispatcher.flow import (
-    RESUBMIT_PAUSE_S,
-    DispatchPolicy,
+from dispatcher.effects import (
     Effect,
     Enqueue,
     Http,
@@ -27,6 +24,8 @@ from dispatcher.flow import (
     Send,
     StreamFlow,
 )
+from dispatcher.errors import InvalidInputError, NPUUnavailableError, OverloadedError, WorkerLostError
+from dispatcher.flow import RESUBMIT_PAUSE_S, DispatchPolicy
 from dispatcher.nodes import LoadBalancing
 from dispatcher.protocol import EMBED_TASK, DeltaReply, DoneReply, EmbeddingReply, StartReply, pack, unpack
 from dispatcher.results import EmbedResult, GenerateResult, StreamChunk
