@@ -105,7 +105,7 @@ class Dispatcher(_Driver):
     def _perform(self, effect: Effect[object]) -> object:
         match effect:
             case ReadFleet(model=model):
-                read = FleetRead(self.keys, model, time.time())
+                read = FleetRead(self.keys, model, self.policy.clock.time())
                 first = self._pipeline(read.first())
                 return read.snapshot(first, self._pipeline(read.second(first)))
             case Send():
@@ -278,7 +278,7 @@ class AsyncDispatcher(_Driver):
         return await asyncio.shield(reading)
 
     async def _read_fleet_now(self, model: str) -> FleetSnapshot:
-        read = FleetRead(self.keys, model, time.time())
+        read = FleetRead(self.keys, model, self.policy.clock.time())
         first = await self._pipeline(read.first())
         return read.snapshot(first, await self._pipeline(read.second(first)))
 
