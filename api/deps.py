@@ -12,7 +12,7 @@ from dispatcher.client import AsyncDispatcher
 
 # `async def`, though they do not await: FastAPI runs a plain `def` dependency in its thread pool, a
 # thread hand-off per request on the hot path for a lookup of an attribute.
-async def get_dispatcher(request: Request) -> AsyncDispatcher:
+async def get_async_dispatcher(request: Request) -> AsyncDispatcher:
     return request.app.state.dispatcher
 
 
@@ -20,5 +20,5 @@ async def get_fleet(request: Request) -> fleet.Fleet:
     return request.app.state.fleet
 
 
-Dispatcher = Annotated[AsyncDispatcher, Depends(get_dispatcher)]
+AsyncDispatcherDep = Annotated[AsyncDispatcher, Depends(get_async_dispatcher)]
 Fleet = Annotated[fleet.Fleet, Depends(get_fleet)]

@@ -49,7 +49,7 @@ def apply_limits(schema: dict[str, Any], limits: Limits, dims: list[int]) -> Non
     inference["prompt"].update(limits.prompt())
     _generation(inference, limits, ("max_tokens",))
     # the OpenAI-compatible bodies (`/v1/embeddings`, `/v1/chat/completions`)
-    embedding = bodies["EmbeddingRequest"]["properties"]
+    embedding = bodies["OpenAIEmbeddingsRequest"]["properties"]
     _texts(embedding["input"], limits)
     for branch in embedding["dimensions"].get("anyOf", []):
         if branch.get("type") == "integer":

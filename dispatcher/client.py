@@ -1,10 +1,15 @@
-"""What backends call: the two drivers of the dispatch flows, and the bulk lane.
+"""What backends call: the two drivers of the dispatch flows, for both lanes.
 
-The decisions (route, wait, retry, cloud) are in `dispatcher/flow.py`, written once; here each driver
-only carries out the effects a flow asks for. `Dispatcher` blocks its caller's thread: a job goes out
-with its reply key's BLPOP in the same round trip. `AsyncDispatcher` waits on a socket: its callers'
-jobs are sent together (`dispatcher/sender.py`) and their replies come back through one shared reply
-list (`dispatcher/inbox.py`), so 64 waiting requests hold two connections, not 64.
+The decisions (checks, route, wait, retry, cloud, bulk queue) are in `dispatcher/flow.py`, written once;
+here each driver only carries out the effects a flow asks for, in one `_perform` each, the same table of
+effects with and without `await`. `Dispatcher` blocks its caller's thread: a job goes out with its reply
+key's BLPOP in the same round trip. `AsyncDispatcher` waits on a socket: its callers' jobs are sent
+together (`dispatcher/sender.py`) and their replies come back through one shared reply list
+(`dispatcher/inbox.py`), so 64 waiting requests hold two connections, not 64.
+
+The bulk lane is RQ, whose client is blocking: `AsyncDispatcher` runs its enqueue in a thread on a
+blocking Redis client, so the `rq.job.Job` it returns is the same object, with a working connection, as
+the one `Dispatcher` returns (a job bound to an asyncio client could not answer `get_status()`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
-from typing import Any
+from contextlib import aclosing, closing
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import httpx
 import redis
@@ -20,31 +27,47 @@ import redis.asyncio as aredis
 from rq import Queue
 from rq.job import Job as RQJob
 
-from .errors import NPUUnavailableError, OverloadedError
-from .flow import Commands, Core, Decision, Effect, Flow, Http, LookUp, Pause, Receive, Send
+from .effects import (
+    Effect,
+    Enqueue,
+    Flow,
+    Http,
+    IsAlive,
+    Pause,
+    QueueLength,
+    ReadFleet,
+    Receive,
+    Send,
+    StreamFlow,
+    WaitReplicas,
+)
+from .flow import DispatchPolicy
 from .inbox import Inbox
-from .models import ModelSpec, Registry
-from .protocol import EMBED_TASK, GENERATE_TASK, MsgpackSerializer, Prompt, new_id, pack, unpack
+from .models import Registry
+from .protocol import MsgpackSerializer, Prompt, Reply, new_id, pack, read_reply, unpack
 from .results import EmbedResult, GenerateResult, StreamChunk
+from .routing import Calls, FleetRead, FleetSnapshot
 from .sender import Sender
 from .settings import WAIT_SLICE_S, Settings, get_settings
 
 __all__ = ["AsyncDispatcher", "Dispatcher", "EmbedResult", "GenerateResult", "StreamChunk"]
 
+R = TypeVar("R")
+
 
 class _Driver:
-    """What both drivers share: the core, and the checks callers may run before submitting."""
+    """What both drivers share: the policy, and the checks callers may run before submitting."""
 
     def __init__(self, settings: Settings | None, registry: Registry | None):
-        self.core = Core(settings or get_settings(), registry)
-        self.settings, self.registry, self.keys = self.core.settings, self.core.registry, self.core.keys
-        self.cloud = self.core.cloud
+        self.policy = DispatchPolicy(settings or get_settings(), registry)
+        self.settings, self.registry, self.keys = self.policy.settings, self.policy.registry, self.policy.keys
+        self.cloud = self.policy.cloud
 
     def check_texts(self, texts: Any) -> list[str]:
-        return self.core.limits.check_texts(texts)
+        return self.policy.limits.check_texts(texts)
 
     def check_prompt(self, prompt: Any, max_tokens: int | None, temperature: float | None) -> Prompt:
-        return self.core.limits.check_prompt(prompt, max_tokens, temperature)
+        return self.policy.limits.check_prompt(prompt, max_tokens, temperature)
 
 
 class Dispatcher(_Driver):
@@ -56,42 +79,56 @@ class Dispatcher(_Driver):
         self.redis = redis_client or self.settings.redis()
         self._http: httpx.Client | None = None
 
-    def _drive(self, flow: Flow) -> Generator[Any, None, None]:
-        """Runs a flow: carries out its effects, and yields its outputs."""
-        value: Any = None
-        error: BaseException | None = None
+    # --- the driver
+
+    def _drive(self, flow: StreamFlow[R]) -> Generator[StreamChunk | _Done[R], None, None]:
+        """Runs a flow: carries out its effects; yields its text, then its result."""
+        reply: object = None
+        error: Exception | None = None
         try:
-            while (item := _resume(flow, value, error)) is not _END:
-                value, error = None, None
-                if not isinstance(item, Effect):
+            while True:
+                item = _resume(flow, reply, error)
+                reply, error = None, None
+                if isinstance(item, _Done):
+                    yield item
+                    return
+                if isinstance(item, StreamChunk):
                     yield item
                     continue
                 try:
-                    value = self._perform(item)
+                    reply = self._perform(item)
                 except Exception as exc:  # thrown into the flow, which decides what it means
                     error = exc
         finally:
             flow.close()  # also when the caller stops reading a stream early
 
-    def _perform(self, effect: Effect) -> Any:
-        if isinstance(effect, Commands):
-            return _pipeline(self.redis, effect).execute()
-        if isinstance(effect, LookUp):
-            return self.core.cached_route(effect.model) or _only(self._drive(self.core.look_up(effect.model)))
-        if isinstance(effect, Send):
-            return self._send(effect)
-        if isinstance(effect, Receive):
-            return self._receive(effect.job.reply, effect.timeout_s)
-        if isinstance(effect, Pause):
-            time.sleep(effect.seconds)
-            return None
-        if isinstance(effect, Http):
-            if self._http is None:
-                self._http = httpx.Client()
-            return self._http.send(effect.request)
+    def _perform(self, effect: Effect[object]) -> object:
+        match effect:
+            case ReadFleet(model=model):
+                read = FleetRead(self.keys, model, self.policy.clock.time())
+                first = self._pipeline(read.first())
+                return read.snapshot(first, self._pipeline(read.second(first)))
+            case Send():
+                return self._send(effect)
+            case Receive(job=job, timeout_s=timeout_s):
+                return self._receive(job.reply, timeout_s)
+            case IsAlive(worker_id=worker_id):
+                return bool(self.redis.exists(self.keys.worker(worker_id)))
+            case Pause(seconds=seconds):
+                time.sleep(seconds)
+                return None
+            case Http(request=request):
+                self._http = self._http or httpx.Client()
+                return self._http.send(request)
+            case QueueLength() | Enqueue() | WaitReplicas():
+                return _rq(self.redis, effect)
         raise TypeError(f"unknown effect {effect!r}")
 
-    def _send(self, send: Send) -> dict[str, Any] | None:
+    def _pipeline(self, calls: Calls) -> list[object]:
+        replies: list[object] = _queued(self.redis.pipeline(transaction=False), calls).execute()
+        return replies
+
+    def _send(self, send: Send) -> Reply | None:
         """XADD and the first BLPOP in one round trip; a long wait is made of `WAIT_SLICE_S` slices."""
         job = send.job
         job.reply = self.keys.reply(job.id)
@@ -99,82 +136,68 @@ class Dispatcher(_Driver):
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(self.keys.stream(job.model, send.node), {"j": pack(job)})
         pipe.blpop([job.reply], timeout=min(send.timeout_s, WAIT_SLICE_S))
-        raw: Any = pipe.execute()[1]
-        if raw is not None:
-            return _message(raw[1])
+        popped: Any = pipe.execute()[1]
+        if popped is not None:
+            return read_reply(unpack(popped[1]))
         return self._receive(job.reply, end - time.monotonic())
 
-    def _receive(self, key: str, timeout_s: float) -> dict[str, Any] | None:
+    def _receive(self, key: str, timeout_s: float) -> Reply | None:
         end = time.monotonic() + timeout_s
         while (left := end - time.monotonic()) > 0.01:
-            raw: Any = self.redis.blpop([key], timeout=min(left, WAIT_SLICE_S))
-            if raw is not None:
-                return _message(raw[1])
+            popped: Any = self.redis.blpop([key], timeout=min(left, WAIT_SLICE_S))
+            if popped is not None:
+                return read_reply(unpack(popped[1]))
         return None
+
+    def _run(self, flow: Flow[R]) -> R:
+        with closing(self._drive(flow)) as items:
+            for item in items:
+                if isinstance(item, _Done):
+                    return item.value
+        raise AssertionError("a flow always ends with its result")
+
+    def _chunks(self, flow: StreamFlow[GenerateResult]) -> Iterator[StreamChunk]:
+        with closing(self._drive(flow)) as items:
+            for item in items:
+                yield item if isinstance(item, StreamChunk) else StreamChunk("", True, item.value)
+
+    # --- interactive lane
 
     def embed(self, texts: list[str], model: str | None = None, *, deadline_s: float | None = None,
               allow_cloud: bool = True, truncate: bool = False) -> EmbedResult:
-        result: EmbedResult = _only(self._drive(self.core.embed(
-            texts, model, deadline_s=deadline_s, allow_cloud=allow_cloud, truncate=truncate)))
-        return result
+        return self._run(self.policy.embed(texts, model, deadline_s=deadline_s, allow_cloud=allow_cloud,
+                                           truncate=truncate))
 
     def stream(self, prompt: Prompt, model: str | None = None, *, max_tokens: int | None = None,
                temperature: float | None = None, deadline_s: float | None = None, allow_cloud: bool = True,
                deltas: bool = True, stop: list[str] | None = None) -> Iterator[StreamChunk]:
-        """Text as it is generated; the last chunk has `done=True` and the whole result (see `Core.stream`)."""
-        return self._drive(self.core.stream(prompt, model, max_tokens=max_tokens, temperature=temperature,
-                                            deadline_s=deadline_s, allow_cloud=allow_cloud, deltas=deltas,
-                                            stop=stop))
+        """Text as it is generated; the last chunk has `done=True` and the whole result (see
+        `DispatchPolicy.stream`)."""
+        return self._chunks(self.policy.stream(prompt, model, max_tokens=max_tokens, temperature=temperature,
+                                               deadline_s=deadline_s, allow_cloud=allow_cloud, deltas=deltas,
+                                               stop=stop))
 
     def generate(self, prompt: Prompt, model: str | None = None, **options: Any) -> GenerateResult:
         """The whole text at once. Options as for `stream`."""
-        return _last(self.stream(prompt, model, deltas=False, **options))
+        for chunk in self.stream(prompt, model, deltas=False, **options):
+            if chunk.result is not None:
+                return chunk.result
+        raise AssertionError("a stream always ends with a done chunk")
 
     # --- bulk lane (plain RQ underneath)
 
     def bulk_queue(self, model: str) -> Queue:
         """The RQ queue of a model's bulk lane, for backends that want RQ's own API."""
-        return Queue(self.keys.queue(self.registry.get(model).name), connection=self.redis,
-                     serializer=MsgpackSerializer)
+        return _queue(self.redis, self.policy.bulk_queue(model))
 
     def submit_embed(self, texts: list[str], model: str | None = None, *, truncate: bool = False,
                      **rq_options: Any) -> RQJob:
-        spec = self.core.spec(model, "embedding")
-        texts = self.check_texts(texts)
-        return self._submit(spec, EMBED_TASK, {"texts": texts, "model": spec.name, "truncate": truncate},
-                            rq_options)
+        return self._run(self.policy.submit_embed(texts, model, truncate=truncate, rq_options=rq_options))
 
     def submit_generate(self, prompt: Prompt, model: str | None = None, *, max_tokens: int | None = None,
                         temperature: float | None = None, **rq_options: Any) -> RQJob:
-        spec = self.core.spec(model, "generation")
-        prompt = self.check_prompt(prompt, max_tokens, temperature)
-        kwargs = {"prompt": prompt, "model": spec.name, "max_tokens": self.core.new_tokens(max_tokens),
-                  "temperature": temperature}
-        return self._submit(spec, GENERATE_TASK, kwargs, rq_options)
-
-    def _submit(self, spec: ModelSpec, task: str, kwargs: dict[str, Any], rq_options: dict[str, Any]) -> RQJob:
-        rq_options.setdefault("result_ttl", self.settings.bulk_result_ttl_s)
-        rq_options.setdefault("job_timeout", self.settings.bulk_job_timeout_s)
-        route, node = self._perform(LookUp(spec.name))
-        queue = Queue(self.keys.queue(spec.name, node if route == "ok" else None), connection=self.redis,
-                      serializer=MsgpackSerializer)  # with no live worker, the shared queue waits for one
-        if queue.count >= self.settings.max_bulk_queue:
-            raise OverloadedError(f"{spec.name!r} has {self.settings.max_bulk_queue} or more bulk jobs waiting; "
-                                  "retry later", self.settings.retry_after_s, limit=self.settings.max_bulk_queue)
-        job = queue.enqueue(task, kwargs=kwargs, **rq_options)
-        self._wait_replicas(job)
-        return job
-
-    def _wait_replicas(self, job: RQJob) -> None:
-        """Replication is asynchronous: a job only the master holds dies with it in a failover. Waiting
-        for a replica (Redis WAIT, about 0.1 ms on a loopback replica) turns that loss into an error the
-        submitter sees and can act on (submit again: jobs are idempotent)."""
-        want, s = self.settings.bulk_wait_replicas, self.settings
-        if want and (got := self.redis.wait(want, s.bulk_replica_timeout_ms)) < want:
-            raise NPUUnavailableError(f"bulk job {job.id} was queued, but {got} of {want} replica(s) confirmed it "
-                                      f"within {s.bulk_replica_timeout_ms} ms: a failover now could lose it; "
-                                      "submit it again if it does not finish (jobs are idempotent)",
-                                      reason="not_replicated", job_id=job.id)
+        return self._run(self.policy.submit_generate(prompt, model, max_tokens=max_tokens, temperature=temperature,
+                                                     rq_options=rq_options))
 
     def close(self) -> None:
         if self._http is not None:
@@ -192,21 +215,28 @@ class AsyncDispatcher(_Driver):
         self.inbox = Inbox(self.redis, self.keys.reply(f"inbox:{new_id()}"))
         self.sender = Sender(self.redis)
         self._http: httpx.AsyncClient | None = None
-        self._lookups: dict[str, asyncio.Task[Decision]] = {}
+        self._rq_redis: redis.Redis | None = None
+        self._fleet_reads: dict[str, asyncio.Task[FleetSnapshot]] = {}
 
-    async def _drive(self, flow: Flow) -> AsyncGenerator[Any, None]:
+    # --- the driver
+
+    async def _drive(self, flow: StreamFlow[R]) -> AsyncGenerator[StreamChunk | _Done[R], None]:
         """As `Dispatcher._drive`. Replies of the flow's jobs that come after it ended are dropped."""
-        value: Any = None
-        error: BaseException | None = None
+        reply: object = None
+        error: Exception | None = None
         jobs: list[str] = []
         try:
-            while (item := _resume(flow, value, error)) is not _END:
-                value, error = None, None
-                if not isinstance(item, Effect):
+            while True:
+                item = _resume(flow, reply, error)
+                reply, error = None, None
+                if isinstance(item, _Done):
+                    yield item
+                    return
+                if isinstance(item, StreamChunk):
                     yield item
                     continue
                 try:
-                    value = await self._perform(item, jobs)
+                    reply = await self._perform(item, jobs)
                 except Exception as exc:  # thrown into the flow, which decides what it means
                     error = exc
         finally:
@@ -214,111 +244,143 @@ class AsyncDispatcher(_Driver):
             for job_id in jobs:
                 self.inbox.forget(job_id)
 
-    async def _perform(self, effect: Effect, jobs: list[str]) -> Any:
-        if isinstance(effect, Commands):
-            return await _pipeline(self.redis, effect).execute()
-        if isinstance(effect, LookUp):
-            return self.core.cached_route(effect.model) or await self._look_up(effect.model)
-        if isinstance(effect, Send):
-            job = effect.job
-            job.reply = self.inbox.key
-            jobs.append(job.id)
-            self.inbox.expect(job.id)
-            await self.sender.xadd(self.keys.stream(job.model, effect.node), {"j": pack(job)})
-            return await self.inbox.get(job.id, effect.timeout_s)
-        if isinstance(effect, Receive):
-            return await self.inbox.get(effect.job.id, effect.timeout_s)
-        if isinstance(effect, Pause):
-            await asyncio.sleep(effect.seconds)
-            return None
-        if isinstance(effect, Http):
-            if self._http is None:
-                self._http = httpx.AsyncClient()
-            return await self._http.send(effect.request)
+    async def _perform(self, effect: Effect[object], jobs: list[str]) -> object:
+        match effect:
+            case ReadFleet(model=model):
+                return await self._read_fleet(model)
+            case Send(job=job, node=node, timeout_s=timeout_s):
+                job.reply = self.inbox.key
+                jobs.append(job.id)
+                self.inbox.expect(job.id)
+                await self.sender.xadd(self.keys.stream(job.model, node), {"j": pack(job)})
+                return _reply(await self.inbox.get(job.id, timeout_s))
+            case Receive(job=job, timeout_s=timeout_s):
+                return _reply(await self.inbox.get(job.id, timeout_s))
+            case IsAlive(worker_id=worker_id):
+                return bool(await self.redis.exists(self.keys.worker(worker_id)))
+            case Pause(seconds=seconds):
+                await asyncio.sleep(seconds)
+                return None
+            case Http(request=request):
+                self._http = self._http or httpx.AsyncClient()
+                return await self._http.send(request)
+            case QueueLength() | Enqueue() | WaitReplicas():
+                self._rq_redis = self._rq_redis or self.settings.redis()
+                return await asyncio.to_thread(_rq, self._rq_redis, effect)
         raise TypeError(f"unknown effect {effect!r}")
 
-    async def _look_up(self, model: str) -> Decision:
-        """Callers that miss the route cache together share one lookup."""
+    async def _read_fleet(self, model: str) -> FleetSnapshot:
+        """Callers that miss the fleet cache together share one read."""
         loop = asyncio.get_running_loop()
-        lookup = self._lookups.get(model)
-        if lookup is None or lookup.done() or lookup.get_loop() is not loop:
-            lookup = self._lookups[model] = loop.create_task(_aonly(self._drive(self.core.look_up(model))))
-        decision = await asyncio.shield(lookup)
-        return self.core.cached_route(model) or decision
+        reading = self._fleet_reads.get(model)
+        if reading is None or reading.done() or reading.get_loop() is not loop:
+            reading = self._fleet_reads[model] = loop.create_task(self._read_fleet_now(model))
+        return await asyncio.shield(reading)
+
+    async def _read_fleet_now(self, model: str) -> FleetSnapshot:
+        read = FleetRead(self.keys, model, self.policy.clock.time())
+        first = await self._pipeline(read.first())
+        return read.snapshot(first, await self._pipeline(read.second(first)))
+
+    async def _pipeline(self, calls: Calls) -> list[object]:
+        replies: list[object] = await _queued(self.redis.pipeline(transaction=False), calls).execute()
+        return replies
+
+    async def _run(self, flow: Flow[R]) -> R:
+        async with aclosing(self._drive(flow)) as items:
+            async for item in items:
+                if isinstance(item, _Done):
+                    return item.value
+        raise AssertionError("a flow always ends with its result")
+
+    async def _chunks(self, flow: StreamFlow[GenerateResult]) -> AsyncIterator[StreamChunk]:
+        async with aclosing(self._drive(flow)) as items:
+            async for item in items:
+                yield item if isinstance(item, StreamChunk) else StreamChunk("", True, item.value)
+
+    # --- interactive lane
 
     async def embed(self, texts: list[str], model: str | None = None, *, deadline_s: float | None = None,
                     allow_cloud: bool = True, truncate: bool = False) -> EmbedResult:
-        result: EmbedResult = await _aonly(self._drive(self.core.embed(
-            texts, model, deadline_s=deadline_s, allow_cloud=allow_cloud, truncate=truncate)))
-        return result
+        return await self._run(self.policy.embed(texts, model, deadline_s=deadline_s, allow_cloud=allow_cloud,
+                                                 truncate=truncate))
 
     def stream(self, prompt: Prompt, model: str | None = None, *, max_tokens: int | None = None,
                temperature: float | None = None, deadline_s: float | None = None, allow_cloud: bool = True,
                deltas: bool = True, stop: list[str] | None = None) -> AsyncIterator[StreamChunk]:
-        """Text as it is generated; the last chunk has `done=True` and the whole result (see `Core.stream`)."""
-        return self._drive(self.core.stream(prompt, model, max_tokens=max_tokens, temperature=temperature,
-                                            deadline_s=deadline_s, allow_cloud=allow_cloud, deltas=deltas,
-                                            stop=stop))
+        """Text as it is generated; the last chunk has `done=True` and the whole result (see
+        `DispatchPolicy.stream`)."""
+        return self._chunks(self.policy.stream(prompt, model, max_tokens=max_tokens, temperature=temperature,
+                                               deadline_s=deadline_s, allow_cloud=allow_cloud, deltas=deltas,
+                                               stop=stop))
 
     async def generate(self, prompt: Prompt, model: str | None = None, **options: Any) -> GenerateResult:
         async for chunk in self.stream(prompt, model, deltas=False, **options):
-            if chunk.done and chunk.result:
+            if chunk.result is not None:
                 return chunk.result
         raise AssertionError("a stream always ends with a done chunk")
+
+    # --- bulk lane (plain RQ underneath, run in a thread)
+
+    async def submit_embed(self, texts: list[str], model: str | None = None, *, truncate: bool = False,
+                           **rq_options: Any) -> RQJob:
+        return await self._run(self.policy.submit_embed(texts, model, truncate=truncate, rq_options=rq_options))
+
+    async def submit_generate(self, prompt: Prompt, model: str | None = None, *, max_tokens: int | None = None,
+                              temperature: float | None = None, **rq_options: Any) -> RQJob:
+        return await self._run(self.policy.submit_generate(prompt, model, max_tokens=max_tokens,
+                                                           temperature=temperature, rq_options=rq_options))
 
     async def aclose(self) -> None:
         await self.inbox.close()
         if self._http is not None:
             await self._http.aclose()
+        if self._rq_redis is not None:
+            self._rq_redis.close()
         await self.redis.aclose()
 
 
-_END = object()
-"""What `_resume` returns once the flow has finished."""
+# --- what both drivers share
 
 
-def _resume(flow: Flow, value: Any, error: BaseException | None) -> Any:
-    """The flow's next effect or output, after handing it the last effect's result (or throwing in its error)."""
+@dataclass
+class _Done(Generic[R]):
+    """A flow's result, as its driver hands it on."""
+
+    value: R
+
+
+def _resume(flow: StreamFlow[R], reply: object, error: Exception | None) -> Effect[object] | StreamChunk | _Done[R]:
+    """The flow's next effect or text, or its result, after handing it the last effect's reply (or
+    throwing in its error)."""
     try:
-        return flow.throw(error) if error is not None else flow.send(value)
-    except StopIteration:
-        return _END
+        return flow.throw(error) if error is not None else flow.send(reply)
+    except StopIteration as stop:
+        value: R = stop.value
+        return _Done(value)
 
 
-def _pipeline(r: Any, effect: Commands) -> Any:
-    """The effect's commands queued on one pipeline (no transaction) of a sync or asyncio client."""
-    pipe = r.pipeline(transaction=False)
-    for name, args in effect.calls:
+def _queued(pipe: Any, calls: Calls) -> Any:
+    """The commands queued on a pipeline of a sync or asyncio client."""
+    for name, args in calls:
         getattr(pipe, name)(*args)
     return pipe
 
 
-def _message(raw: bytes) -> dict[str, Any]:
-    message: dict[str, Any] = unpack(raw)
-    return message
+def _reply(message: dict[str, Any] | None) -> Reply | None:
+    return None if message is None else read_reply(message)
 
 
-def _only(outputs: Generator[Any, None, None]) -> Any:
-    """The one output of a flow that has one (an embedding, a route)."""
-    try:
-        for output in outputs:
-            return output
-    finally:
-        outputs.close()
-    raise AssertionError("the flow ended without an output")
+def _queue(r: redis.Redis, name: str) -> Queue:
+    return Queue(name, connection=r, serializer=MsgpackSerializer)
 
 
-async def _aonly(outputs: AsyncGenerator[Any, None]) -> Any:
-    try:
-        async for output in outputs:
-            return output
-    finally:
-        await outputs.aclose()
-    raise AssertionError("the flow ended without an output")
-
-
-def _last(chunks: Iterator[StreamChunk]) -> GenerateResult:
-    for chunk in chunks:
-        if chunk.done and chunk.result:
-            return chunk.result
-    raise AssertionError("a stream always ends with a done chunk")
+def _rq(r: redis.Redis, effect: QueueLength | Enqueue | WaitReplicas) -> object:
+    """The bulk lane's effects, on a blocking client (RQ has no other)."""
+    match effect:
+        case QueueLength(queue=name):
+            return _queue(r, name).count
+        case Enqueue(queue=name, task=task, kwargs=kwargs, options=options):
+            return _queue(r, name).enqueue(task, kwargs=kwargs, **options)
+        case WaitReplicas(replicas=replicas, timeout_ms=timeout_ms):
+            return r.wait(replicas, timeout_ms)

@@ -27,9 +27,9 @@ Python's and ECMA-262's regex engines read it alike (JSON Schema patterns search
 schema states it as is: "has one such character")."""
 _NOT_BLANK = re.compile(NOT_BLANK)
 
-Role = Literal["system", "user", "assistant"]
+ChatRole = Literal["system", "user", "assistant"]
 """Who speaks in a chat message."""
-ROLES: tuple[str, ...] = get_args(Role)
+ROLES: tuple[str, ...] = get_args(ChatRole)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 from .errors import ErrorCode, JobFailedError, NPUError
 
@@ -132,8 +132,9 @@ class Job(BaseModel):
     kind: Literal["embed", "generate"]
     model: str
     reply: str
-    deadline: float
-    """When the caller stops waiting, in its wall clock: what workers of the previous release compare with."""
+    deadline_at: float = Field(validation_alias=AliasChoices("deadline_at", "deadline"), serialization_alias="deadline")
+    """When the caller stops waiting, in its wall clock: what workers of the previous release compare with
+    (named `deadline` on the wire, as that release reads it)."""
     budget_ms: int | None = None
     """How long the caller waits, from the moment it queued the job. A worker measures it from the stream
     entry's id (Redis's clock when the job was queued), so no two hosts' clocks are ever compared."""
@@ -307,7 +308,7 @@ def utilization(queued: int, running: int, max_concurrent: int) -> float:
 
 
 def pack(obj: BaseModel | dict[str, Any]) -> bytes:
-    data = obj.model_dump(exclude_none=True) if isinstance(obj, BaseModel) else obj
+    data = obj.model_dump(exclude_none=True, by_alias=True) if isinstance(obj, BaseModel) else obj
     packed: bytes = msgpack.packb(data, use_bin_type=True)
     return packed
 

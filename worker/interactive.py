@@ -153,7 +153,7 @@ class InteractiveLane:
                 redis_now = self.clock.now_ms() if redis_now is None else redis_now
                 late_ms = redis_now - entry_ms(entry_id) - job.budget_ms
             else:  # a caller of the previous release: its wall clock
-                late_ms = (now - job.deadline) * 1000
+                late_ms = (now - job.deadline_at) * 1000
             if late_ms > 0:
                 # The caller has given up (and may have a cloud answer): running it would be wasted work.
                 self.stats.add("dropped_late")

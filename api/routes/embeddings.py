@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 
 from .. import metrics
 from ..auth import RESPONSES, AuthenticatedRoute, require_inference
-from ..deps import Dispatcher
+from ..deps import AsyncDispatcherDep
 from ..responses import ORJSONResponse
 from ..schemas import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
 
@@ -20,7 +20,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
-async def embeddings(body: EmbeddingsRequest, dispatcher: Dispatcher) -> Any:
+async def embeddings(body: EmbeddingsRequest, dispatcher: AsyncDispatcherDep) -> Any:
     started = time.perf_counter()
     result = await dispatcher.embed(body.texts, body.model, deadline_s=body.deadline_s,
                                     allow_cloud=body.allow_cloud, truncate=body.truncate)

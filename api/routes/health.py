@@ -9,7 +9,7 @@ from redis.exceptions import RedisError
 from dispatcher.fleet import Load, memory_gb
 
 from ..auth import RESPONSES, AuthenticatedRoute, require_read
-from ..deps import Dispatcher, Fleet
+from ..deps import AsyncDispatcherDep, Fleet
 from ..schemas import HealthResponse
 
 router = APIRouter(route_class=AuthenticatedRoute, tags=["health"], dependencies=[Depends(require_read)],
@@ -17,7 +17,7 @@ router = APIRouter(route_class=AuthenticatedRoute, tags=["health"], dependencies
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
-async def health(dispatcher: Dispatcher, fleet: Fleet, response: Response) -> HealthResponse:
+async def health(dispatcher: AsyncDispatcherDep, fleet: Fleet, response: Response) -> HealthResponse:
     """`healthy`: every registered model has a live worker; `degraded`: some requests go to the cloud
     or fail; `unhealthy` (503): nothing can answer."""
     registry, cloud = dispatcher.registry, dispatcher.cloud

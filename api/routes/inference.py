@@ -16,7 +16,7 @@ from dispatcher.results import StreamChunk
 
 from .. import metrics
 from ..auth import RESPONSES, AuthenticatedRoute, require_inference
-from ..deps import Dispatcher
+from ..deps import AsyncDispatcherDep
 from ..responses import ORJSONResponse
 from ..schemas import InferenceRequest, InferenceResponse
 from .embeddings import ERRORS
@@ -47,7 +47,7 @@ async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started:
 
 @router.post("/inference", response_model=InferenceResponse, responses={
     **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or events when streaming"}})
-async def inference(body: InferenceRequest, dispatcher: Dispatcher) -> Any:
+async def inference(body: InferenceRequest, dispatcher: AsyncDispatcherDep) -> Any:
     started = time.perf_counter()
     chunks = dispatcher.stream(body.prompt, body.model, max_tokens=body.max_tokens, temperature=body.temperature,
                                deadline_s=body.deadline_s, allow_cloud=body.allow_cloud, deltas=body.stream,

@@ -22,7 +22,7 @@ from dispatcher.errors import ErrorCode
 from dispatcher.fleet import by_model
 
 from ..auth import AuthenticatedRoute, public
-from ..deps import Dispatcher, Fleet
+from ..deps import AsyncDispatcherDep, Fleet
 from ..responses import ORJSONResponse
 
 router = APIRouter(route_class=AuthenticatedRoute, tags=["health"], dependencies=[Depends(public)])
@@ -37,7 +37,7 @@ async def livez() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "Redis unreachable, or a model without a live worker"}})
-async def readyz(dispatcher: Dispatcher, fleet: Fleet, model: str | None = None) -> Response:
+async def readyz(dispatcher: AsyncDispatcherDep, fleet: Fleet, model: str | None = None) -> Response:
     """200 when Redis answers and every advertised model (or `?model=NAME`) has a live worker, else 503;
     `models` gives each model's live workers and, when not ready, why."""
     names = dispatcher.registry.names

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends
 from dispatcher.fleet import by_model
 
 from ..auth import RESPONSES, AuthenticatedRoute, require_models
-from ..deps import Dispatcher, Fleet
+from ..deps import AsyncDispatcherDep, Fleet
 from ..schemas import ModelInfo, ModelsResponse
 
 router = APIRouter(route_class=AuthenticatedRoute, tags=["models"], dependencies=[Depends(require_models)],
@@ -15,7 +15,7 @@ router = APIRouter(route_class=AuthenticatedRoute, tags=["models"], dependencies
 
 
 @router.get("/models", response_model=ModelsResponse)
-async def list_models(dispatcher: Dispatcher, fleet: Fleet) -> ModelsResponse:
+async def list_models(dispatcher: AsyncDispatcherDep, fleet: Fleet) -> ModelsResponse:
     states = by_model(await fleet.heartbeats())
     infos = []
     for name in dispatcher.registry.names:

@@ -19,13 +19,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.errors import InvalidInputError
-from dispatcher.limits import Role
+from dispatcher.limits import ChatRole
 from dispatcher.models import ModelSpec
 from dispatcher.results import EmbedResult, GenerateResult, StreamChunk
 
 from .. import metrics
 from ..auth import RESPONSES, AuthenticatedRoute, require_inference, require_models
-from ..deps import Dispatcher
+from ..deps import AsyncDispatcherDep
 from ..responses import ORJSONResponse
 from ..schemas import Deadline, JsonInt, OpenAIErrorResponse
 
@@ -43,7 +43,7 @@ STARTED = int(time.time())
 STRICT = ConfigDict(extra="forbid", strict=True)
 
 
-class EmbeddingRequest(BaseModel):
+class OpenAIEmbeddingsRequest(BaseModel):
     model_config = STRICT
     input: str | list[str] = Field(description="A text or a list of texts (token arrays are not accepted).")
     model: str
@@ -61,7 +61,7 @@ class TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = STRICT
-    role: Role
+    role: ChatRole
     content: str | Annotated[list[TextPart], Field(min_length=1)] = Field(
         description="A string, or a list of text parts (joined by newlines).")
 
@@ -99,7 +99,7 @@ class ChatRequest(BaseModel):
 
 
 @router.post("/embeddings", dependencies=[Depends(require_inference)], responses=ERRORS)
-async def embeddings(body: EmbeddingRequest, dispatcher: Dispatcher) -> Any:
+async def embeddings(body: OpenAIEmbeddingsRequest, dispatcher: AsyncDispatcherDep) -> Any:
     texts = [body.input] if isinstance(body.input, str) else body.input
     started = time.perf_counter()
     result = await dispatcher.embed(texts, body.model, deadline_s=body.deadline_s)
@@ -125,7 +125,7 @@ def embedding_body(body: EmbeddingRequest, result: EmbedResult) -> dict[str, Any
 
 @router.post("/chat/completions", dependencies=[Depends(require_inference)], responses={
     **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or events when `stream` is true"}})
-async def chat_completions(body: ChatRequest, dispatcher: Dispatcher) -> Any:
+async def chat_completions(body: ChatRequest, dispatcher: AsyncDispatcherDep) -> Any:
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     started = time.perf_counter()
     chunks = dispatcher.stream(messages, body.model, max_tokens=max_tokens(body), temperature=body.temperature,
@@ -191,13 +191,13 @@ def _usage(prompt_tokens: int | None, completion_tokens: int | None) -> dict[str
 
 
 @router.get("/models", dependencies=[Depends(require_models)])
-async def list_models(dispatcher: Dispatcher) -> dict[str, Any]:
+async def list_models(dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
     return {"object": "list", "data": [_model(dispatcher.registry.specs[name]) for name in dispatcher.registry.names]}
 
 
 @router.get("/models/{model_id}", dependencies=[Depends(require_models)],
             responses={404: {"model": OpenAIErrorResponse}})
-async def get_model(model_id: str, dispatcher: Dispatcher) -> dict[str, Any]:
+async def get_model(model_id: str, dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
     return _model(dispatcher.registry.get(model_id))  # 404 model_not_found for an unknown one
 
 

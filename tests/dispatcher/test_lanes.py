@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 from rq import Queue
+from rq.job import Job as RQJob
 from rq.job import JobStatus
 
 from dispatcher import AsyncDispatcher, Dispatcher, JobFailedError
@@ -143,6 +144,27 @@ def test_submit_helpers_return_rq_jobs(client: Dispatcher) -> None:
     while job.get_status() != JobStatus.FINISHED and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(job.latest_result().return_value["embeddings"][0]) == 384
+
+
+def test_async_submit_helpers_return_rq_jobs_as_the_sync_ones_do(settings: Settings, worker: WorkerProcess) -> None:
+    """Same signatures and the same `rq.job.Job`, whose connection keeps working after the dispatcher closed."""
+    async def submit() -> tuple[RQJob, RQJob]:
+        d = AsyncDispatcher(settings)
+        try:
+            return (await d.submit_embed(["via the async dispatcher"], MODEL, result_ttl=300),
+                    await d.submit_generate("Name a colour.", LLM, max_tokens=4, result_ttl=300))
+        finally:
+            await d.aclose()
+
+    embedded, generated = asyncio.run(submit())
+    node = worker.wait_live().node_id
+    assert embedded.origin == Keys(settings.key_prefix).queue(MODEL, node)  # routed as the sync one routes
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(
+            j.get_status() in (JobStatus.FINISHED, JobStatus.FAILED) for j in (embedded, generated)):
+        time.sleep(0.1)
+    assert len(embedded.latest_result().return_value["embeddings"][0]) == 384
+    assert generated.get_status() == JobStatus.FINISHED and generated.latest_result().return_value["text"]
 
 
 def test_stream_yields_deltas_that_add_up(client: Dispatcher) -> None:

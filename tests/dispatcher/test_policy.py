@@ -1,8 +1,8 @@
 """The dispatch policy (fallback, retry, deadline), pinned once for both drivers.
 
 Every test body runs twice, against `Dispatcher` and `AsyncDispatcher` (`caller` fixture), with real
-Redis, real worker processes and the test cloud. The last tests drive the sans-I/O flow by hand, with no
-I/O at all, to pin what is hard to stage with processes (the budget across a retry).
+Redis, real worker processes and the test cloud. `test_flow.py` drives the same policy by hand, with no
+I/O and a fake clock, to pin what is hard to stage with processes (the budget across a retry).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from dispatcher import AsyncDispatcher, Dispatcher, NPUUnavailableError, WorkerLostError
-from dispatcher.flow import Commands, Core, LookUp, Receive, Send
-from dispatcher.protocol import Keys, StartReply, pack, unpack
+from dispatcher.protocol import Keys
 from dispatcher.results import EmbedResult, GenerateResult, StreamChunk
 from dispatcher.settings import Settings
 from tests.cloud_server import CloudServer
@@ -192,35 +191,3 @@ def test_a_dead_generation_worker_costs_seconds_not_the_idle_timeout(caller: Cal
         assert time.monotonic() - started < 1 + s.heartbeat_ttl_s + s.heartbeat_interval_s + 2
     finally:
         proc.stop()
-
-
-# --- the flow itself, with no I/O: results handed in by hand
-
-
-def test_a_generation_retry_gets_what_is_left_of_the_budget_not_a_new_one() -> None:
-    core = Core(Settings(key_prefix="unit", deadline_s=10, cloud_base_url=None, heartbeat_interval_s=0.05,
-                         generation_idle_s=5))
-    flow = core.stream("hi", LLM)
-    assert isinstance(flow.send(None), LookUp)
-    first = flow.send(("ok", None))
-    assert isinstance(first, Send) and 9.5 < first.timeout_s <= 10
-    assert unpack(pack(first.job)).get("budget_ms") == int(first.timeout_s * 1000)
-    time.sleep(0.3)  # the worker admitted the job, then died before saying anything more
-    effect = flow.send(StartReply(worker_id="w1").model_dump())
-    assert isinstance(effect, Receive)
-    effect = flow.send(None)  # silence: the flow checks the worker's heartbeat
-    assert isinstance(effect, Commands) and effect.calls == [("exists", (core.keys.worker("w1"),))]
-    assert isinstance(flow.send([0]), LookUp)  # dead: a second attempt
-    second = flow.send(("ok", None))
-    assert isinstance(second, Send) and second.job.id != first.job.id
-    assert second.timeout_s <= first.timeout_s - 0.3  # the same budget, less what the first attempt took
-    flow.close()
-
-
-def test_a_spent_budget_asks_neither_a_worker_nor_the_cloud() -> None:
-    core = Core(Settings(key_prefix="unit", cloud_base_url="http://127.0.0.1:9/v1", deadline_s=0.2))
-    flow = core.embed(["x"], MODEL)
-    assert isinstance(flow.send(None), LookUp)
-    time.sleep(0.25)  # the route lookup took the whole budget
-    with pytest.raises(NPUUnavailableError, match="budget was spent"):
-        flow.send(("ok", None))

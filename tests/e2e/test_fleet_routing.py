@@ -45,7 +45,7 @@ def served_by(d: Dispatcher, n: int) -> list[str]:
         result = d.embed([f"request {i}"], MODEL, deadline_s=5)
         assert result.source == "npu"
         out.append(result.node_id or "")
-        d.core.forget_routes()  # read the fleet afresh each time (it is cached for half a second)
+        d.policy.forget_routes()  # read the fleet afresh each time (it is cached for half a second)
     return out
 
 

@@ -51,7 +51,7 @@ def generated_by(d: Dispatcher, n: int) -> set[str]:
         result = d.generate(f"Say {i}.", GENERATE, max_tokens=2, deadline_s=30, allow_cloud=False)
         assert result.source == "npu"
         nodes.add(result.node_id or "")
-        d.core.forget_routes()
+        d.policy.forget_routes()
     return nodes
 
 
