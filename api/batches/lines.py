@@ -20,7 +20,7 @@ from dispatcher.errors import NPUError
 from dispatcher.results import EmbedResult, GenerateResult
 
 from ..errors import openai_validation
-from ..routes.openai import ChatRequest, EmbeddingRequest, chat_body, embedding_body, max_tokens
+from ..routes.openai import ChatRequest, OpenAIEmbeddingsRequest, chat_body, embedding_body, max_tokens
 
 ENDPOINTS = {"/v1/embeddings": "embedding", "/v1/chat/completions": "generation"}
 MAX_ERRORS = 100
@@ -101,7 +101,7 @@ def _line(raw: bytes, endpoint: str, dispatcher: AsyncDispatcher, seen: set[str]
         raise _Refused("invalid_request", "Missing body: a JSON object.", "body")
     try:
         if endpoint == "/v1/embeddings":
-            return _embedding(EmbeddingRequest.model_validate(body), custom_id, dispatcher)
+            return _embedding(OpenAIEmbeddingsRequest.model_validate(body), custom_id, dispatcher)
         return _chat(ChatRequest.model_validate(body), custom_id, dispatcher)
     except ValidationError as exc:
         param, message = openai_validation(exc.errors())
@@ -111,7 +111,7 @@ def _line(raw: bytes, endpoint: str, dispatcher: AsyncDispatcher, seen: set[str]
         raise _Refused(str(exc.code), exc.message, f"body.{where}" if where else None) from None
 
 
-def _embedding(body: EmbeddingRequest, custom_id: str, dispatcher: AsyncDispatcher) -> dict[str, Any]:
+def _embedding(body: OpenAIEmbeddingsRequest, custom_id: str, dispatcher: AsyncDispatcher) -> dict[str, Any]:
     spec = dispatcher.core.spec(body.model, "embedding")
     texts = dispatcher.check_texts([body.input] if isinstance(body.input, str) else body.input)
     if body.dimensions is not None and spec.dim is not None and body.dimensions != spec.dim:
@@ -144,5 +144,5 @@ def answers(group: dict[str, Any], result: dict[str, Any]) -> list[tuple[dict[st
         part = EmbedResult(whole.vectors[row:row + n], whole.model, whole.source, whole.device, whole.node_id,
                            whole.token_counts[row:row + n] if whole.token_counts else None)
         row += n
-        out.append((line, embedding_body(EmbeddingRequest(input=line["texts"], **line["body"]), part)))
+        out.append((line, embedding_body(OpenAIEmbeddingsRequest(input=line["texts"], **line["body"]), part)))
     return out

@@ -21,7 +21,7 @@ from dispatcher.errors import ConflictError, InvalidInputError
 from ..auth import RESPONSES, AuthenticatedRoute, require_read
 from ..batches.lines import plan
 from ..batches.records import TERMINAL, batch_fields, batch_object, file_meta, new_id, page
-from ..deps import Dispatcher
+from ..deps import AsyncDispatcherDep
 from ..schemas import OpenAIErrorResponse
 from .files import Caller
 
@@ -39,7 +39,7 @@ class BatchRequest(BaseModel):
 
 
 @router.post("/batches", responses=ERRORS)
-async def create_batch(body: BatchRequest, who: Caller, dispatcher: Dispatcher) -> dict[str, Any]:
+async def create_batch(body: BatchRequest, who: Caller, dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
     r, keys = dispatcher.redis, dispatcher.keys
     meta = await file_meta(r, keys, body.input_file_id, who[1])
     if meta["purpose"] != "batch":
@@ -76,12 +76,12 @@ async def create_batch(body: BatchRequest, who: Caller, dispatcher: Dispatcher) 
 
 
 @router.get("/batches/{batch_id}", responses=ERRORS)
-async def retrieve_batch(batch_id: str, who: Caller, dispatcher: Dispatcher) -> dict[str, Any]:
+async def retrieve_batch(batch_id: str, who: Caller, dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
     return batch_object(await batch_fields(dispatcher.redis, dispatcher.keys, batch_id, who[1]))
 
 
 @router.post("/batches/{batch_id}/cancel", responses=ERRORS)
-async def cancel_batch(batch_id: str, who: Caller, dispatcher: Dispatcher) -> dict[str, Any]:
+async def cancel_batch(batch_id: str, who: Caller, dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
     """The driver sees the request on its next step: it stops enqueueing, cancels the queued jobs, and
     ends the batch `cancelled` with the lines that were done."""
     r, keys = dispatcher.redis, dispatcher.keys
@@ -95,7 +95,7 @@ async def cancel_batch(batch_id: str, who: Caller, dispatcher: Dispatcher) -> di
 
 
 @router.get("/batches", responses=ERRORS)
-async def list_batches(who: Caller, dispatcher: Dispatcher, after: str | None = None,
+async def list_batches(who: Caller, dispatcher: AsyncDispatcherDep, after: str | None = None,
                        limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
     keys = dispatcher.keys
     listed = await page(dispatcher.redis, keys.batches, lambda i: (keys.batch(i), "obj"), who[1], after, limit)
@@ -104,7 +104,7 @@ async def list_batches(who: Caller, dispatcher: Dispatcher, after: str | None = 
 
 
 @operator.get("/api/batches", dependencies=[Depends(require_read)])
-async def running_batches(dispatcher: Dispatcher) -> dict[str, Any]:
+async def running_batches(dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
     """The batches not yet finished, with progress: for the operator page."""
     r, keys = dispatcher.redis, dispatcher.keys
     running = []

@@ -22,7 +22,7 @@ from dispatcher.settings import Settings
 
 from ..auth import RESPONSES, AuthenticatedRoute, Principal, require_inference
 from ..batches.records import file_meta, page, public_file, put_file
-from ..deps import Dispatcher
+from ..deps import AsyncDispatcherDep
 from ..schemas import OpenAIErrorResponse
 
 router = APIRouter(route_class=AuthenticatedRoute, prefix="/v1", tags=["batches"], responses=RESPONSES)
@@ -93,7 +93,7 @@ def _form(kind: str, body: bytes) -> tuple[dict[str, str], tuple[str, bytes] | N
 
 
 @router.post("/files", responses=ERRORS)
-async def create_file(request: Request, who: Caller, dispatcher: Dispatcher) -> dict[str, Any]:
+async def create_file(request: Request, who: Caller, dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
     settings = dispatcher.settings
     # Parsing and checking a file of up to NPU_BATCH_FILE_MAX_BYTES takes a while: not on the event loop.
     fields, upload = await asyncio.to_thread(_form, request.headers.get("content-type", ""), await request.body())
@@ -112,7 +112,7 @@ async def create_file(request: Request, who: Caller, dispatcher: Dispatcher) -> 
 
 
 @router.get("/files", responses=ERRORS)
-async def list_files(who: Caller, dispatcher: Dispatcher, purpose: str | None = None, after: str | None = None,
+async def list_files(who: Caller, dispatcher: AsyncDispatcherDep, purpose: str | None = None, after: str | None = None,
                      limit: Annotated[int, Query(ge=1, le=10000)] = 10000) -> dict[str, Any]:
     keys = dispatcher.keys
     listed = await page(dispatcher.redis, keys.files, lambda i: (keys.file(i), "meta"), who[1], after, limit,
@@ -122,19 +122,19 @@ async def list_files(who: Caller, dispatcher: Dispatcher, purpose: str | None = 
 
 
 @router.get("/files/{file_id}", responses=ERRORS)
-async def retrieve_file(file_id: str, who: Caller, dispatcher: Dispatcher) -> dict[str, Any]:
+async def retrieve_file(file_id: str, who: Caller, dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
     return public_file(await file_meta(dispatcher.redis, dispatcher.keys, file_id, who[1]))
 
 
 @router.get("/files/{file_id}/content", responses=ERRORS)
-async def file_content(file_id: str, who: Caller, dispatcher: Dispatcher) -> Response:
+async def file_content(file_id: str, who: Caller, dispatcher: AsyncDispatcherDep) -> Response:
     await file_meta(dispatcher.redis, dispatcher.keys, file_id, who[1])
     data = await dispatcher.redis.hget(dispatcher.keys.file(file_id), "data")
     return Response(data or b"", media_type="application/octet-stream")
 
 
 @router.delete("/files/{file_id}", responses=ERRORS)
-async def delete_file(file_id: str, who: Caller, dispatcher: Dispatcher) -> dict[str, Any]:
+async def delete_file(file_id: str, who: Caller, dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
     await file_meta(dispatcher.redis, dispatcher.keys, file_id, who[1])
     pipe = dispatcher.redis.pipeline(transaction=True)
     pipe.delete(dispatcher.keys.file(file_id))

@@ -107,7 +107,7 @@ async def embeddings(body: OpenAIEmbeddingsRequest, dispatcher: AsyncDispatcherD
     return ORJSONResponse(embedding_body(body, result), headers={"X-NPU-Source": result.source})
 
 
-def embedding_body(body: EmbeddingRequest, result: EmbedResult) -> dict[str, Any]:
+def embedding_body(body: OpenAIEmbeddingsRequest, result: EmbedResult) -> dict[str, Any]:
     """The `/v1/embeddings` answer to `body` (also a batch line's response body)."""
     dim = int(result.vectors.shape[1])
     if body.dimensions is not None and body.dimensions != dim:
