@@ -260,7 +260,7 @@ class Settings(BaseSettings):
         """Under Sentinel, what REDIS_URL says besides the address: database, user, password."""
         if not self.redis_url:
             return {}
-        parsed = parse_url(self.redis_url)  # type: ignore[no-untyped-call]
+        parsed = parse_url(self.redis_url)  # type: ignore[no-untyped-call, unused-ignore]
         return {k: parsed[k] for k in ("db", "username", "password") if parsed.get(k) is not None}
 
     def _sentinel_options(self) -> dict[str, Any]:
@@ -276,8 +276,8 @@ class Settings(BaseSettings):
         """
         retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), REDIS_RETRIES)
         if self.redis_sentinels:
-            sentinel = Sentinel(self.sentinel_addresses, sentinel_kwargs=self._sentinel_options())  # type: ignore[no-untyped-call]
-            client: redis.Redis = sentinel.master_for(self.redis_sentinel_master, retry=retry,  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(self.sentinel_addresses, sentinel_kwargs=self._sentinel_options())  # type: ignore[no-untyped-call, unused-ignore]
+            client: redis.Redis = sentinel.master_for(self.redis_sentinel_master, retry=retry,  # type: ignore[no-untyped-call, unused-ignore]
                                                       **self._client_options(), **self._data_options())
             return client
         return redis.Redis.from_url(self.redis_address, retry=retry, **self._client_options())
@@ -285,7 +285,7 @@ class Settings(BaseSettings):
     def aredis(self) -> aredis.Redis:
         retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), REDIS_RETRIES)
         if self.redis_sentinels:
-            sentinel = AsyncSentinel(self.sentinel_addresses, sentinel_kwargs=self._sentinel_options())  # type: ignore[no-untyped-call]
+            sentinel = AsyncSentinel(self.sentinel_addresses, sentinel_kwargs=self._sentinel_options())  # type: ignore[no-untyped-call, unused-ignore]
             client: aredis.Redis = sentinel.master_for(self.redis_sentinel_master, retry=retry,
                                                        **self._client_options(), **self._data_options())
             return client
