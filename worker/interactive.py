@@ -230,33 +230,33 @@ class InteractiveLane:
         self.stats.add("jobs", sum(isinstance(result, Embedded) for result in batch.results))
         return replies
 
-    def _admit(self, pipeline: GenerationEngine, job: Job) -> tuple[Job, Reply]:
+    def _admit(self, engine: GenerationEngine, job: Job) -> tuple[Job, Reply]:
         """Start a generation in the engine; its tokens and end arrive through the outbox."""
         started = time.time()
         try:
-            pipeline.check(job.prompt or "")
-            pipeline.submit(job.prompt or "", job.max_tokens, job.temperature, stop=job.stop,
-                            on_done=partial(self._generated, pipeline, job, started),
-                            on_delta=partial(self._delta, job) if job.stream else None)
+            engine.check(job.prompt or "")
+            engine.submit(job.prompt or "", job.max_tokens, job.temperature, stop=job.stop,
+                          on_done=partial(self._generated, engine, job, started),
+                          on_delta=partial(self._delta, job) if job.stream else None)
         except NPUError as exc:
             return job, error_reply(exc)
         except Exception as exc:
             _log_job(job, logging.ERROR, "could not start generation %s", job.id, exc_info=True)
             return job, failure_reply(exc)
-        self.stats.peak("peak_generations", pipeline.running)
-        return job, StartReply(**self._base(pipeline, job, started))
+        self.stats.peak("peak_generations", engine.running)
+        return job, StartReply(**self._base(engine, job, started))
 
     def _delta(self, job: Job, text: str) -> None:
         self.in_flight.reply(job, DeltaReply(delta=text))
 
-    def _generated(self, pipeline: GenerationEngine, job: Job, started: float, result: Generated | Exception) -> None:
+    def _generated(self, engine: GenerationEngine, job: Job, started: float, result: Generated | Exception) -> None:
         reply: Reply
         if isinstance(result, Exception):
             reply = failure_reply(result)
         else:
             self.stats.add("jobs")
-            self.stats.count_model(pipeline.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
-            reply = DoneReply(**self._base(pipeline, job, started), text=result.text,
+            self.stats.count_model(engine.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
+            reply = DoneReply(**self._base(engine, job, started), text=result.text,
                               prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                               finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,
                               inference_ms=result.duration_ms)
