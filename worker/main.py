@@ -260,8 +260,9 @@ class Worker:
     def apply_role(self, in_role: bool) -> None:
         """The node lost (or regained) its npu-worker role: out of routing, and reading only the work
         already routed to this node until it is given the role back (or back to everything)."""
-        self.sources.shared = in_role
         self.heartbeat.draining = not in_role
+        self.sources.shared = in_role  # the lanes and the heartbeat read it: nothing else to change
+        self._ensure_groups()  # a model loaded while drained has no group on its shared stream yet
         self.heartbeat.beat()
         log.info("node %s %s", self.settings.node_id, "back in the fleet" if in_role else "drained: role taken away")
 
