@@ -7,7 +7,6 @@ figures (load, models, device type) are computed in one place, and nothing but t
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -62,11 +61,6 @@ def best_device_type(types: set[str] | list[str]) -> str | None:
     """The most capable of several device types, for a node-level summary."""
     return min(types, key=lambda t: DEVICE_ORDER.index(t) if t in DEVICE_ORDER else len(DEVICE_ORDER),
                default=None)
-
-
-def memory_gb() -> float:
-    """This host's memory, as the seed's `memory_gb` reports it."""
-    return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
 
 
 @dataclass

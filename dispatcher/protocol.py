@@ -5,6 +5,7 @@ Both lanes are defined here once; the worker, the facade and backends import it.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -156,7 +157,7 @@ class _Reply(BaseModel):
     """The job's id, so replies sharing a key (an async dispatcher's inbox) reach their callers."""
 
 
-class _Served(_Reply):
+class _ServedReply(_Reply):
     """Who served a job and how long it took: carried by every successful reply."""
 
     ok: Literal[True] = True
@@ -168,7 +169,7 @@ class _Served(_Reply):
     batch_size: int | None = None
 
 
-class EmbeddingReply(_Served):
+class EmbeddingReply(_ServedReply):
     """The one reply of an embedding job."""
 
     vectors: bytes
@@ -181,7 +182,7 @@ class EmbeddingReply(_Served):
         return np.frombuffer(self.vectors, dtype=np.float32).reshape(-1, self.dim)
 
 
-class StartReply(_Served):
+class StartReply(_ServedReply):
     """A generation was admitted by a worker (the caller's deadline covered the wait for this)."""
 
     event: Literal["start"] = "start"
@@ -195,7 +196,7 @@ class DeltaReply(_Reply):
     delta: str
 
 
-class DoneReply(_Served):
+class DoneReply(_ServedReply):
     """The end of a generation: the whole text and its usage."""
 
     event: Literal["done"] = "done"
@@ -305,6 +306,11 @@ def utilization(queued: int, running: int, max_concurrent: int) -> float:
     if max_concurrent <= 0:
         return 0.0
     return round(min(100.0, 100.0 * (queued + running) / max_concurrent), 1)
+
+
+def memory_gb() -> float:
+    """This host's memory, as the seed's `memory_gb` reports it (a worker's heartbeat, the facade's /health)."""
+    return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
 
 
 def pack(obj: BaseModel | dict[str, Any]) -> bytes:

@@ -46,11 +46,11 @@ PREFIX = "scale"
 def run_worker() -> None:
     from dispatcher.settings import get_settings
     from worker.main import Worker
-    from worker.pipelines import Embedder
+    from worker.pipelines import TextEmbeddingEngine
 
     latency_s = float(os.environ["SCALE_LATENCY_MS"]) / 1000
 
-    class StandIn(Embedder):
+    class StandIn(TextEmbeddingEngine):
         """An embedding model that takes a fixed time per batch and no OpenVINO."""
 
         def __init__(self, spec: Any) -> None:  # no super(): nothing to compile
@@ -116,11 +116,11 @@ def measure_node_rate(seconds: float = 3.0) -> float:
     from dispatcher.models import Registry
     from dispatcher.settings import Settings
     from worker.devices import parse_chain
-    from worker.pipelines import Embedder
+    from worker.pipelines import TextEmbeddingEngine
 
     s = Settings()
     spec = Registry.load(s).get("all-minilm-l6-v2")
-    embedder = Embedder(spec, parse_chain(s.devices))
+    embedder = TextEmbeddingEngine(spec, parse_chain(s.devices))
     sentences = SENTENCES.read_text().split("\n")[:32]
     embedder.embed(sentences)
     done, started = 0, time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +25,16 @@ from rq.job import JobStatus
 from rq.job_lifecycle import format_exc_info
 from rq.utils import now
 
-from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, Keys, MsgpackSerializer
+from dispatcher.errors import InvalidInputError
+from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, MsgpackSerializer
 from dispatcher.settings import Settings
 
-from . import inference
-from .generation import Generated, Generator
-from .pipelines import Embedder
-from .routes import Routes
+from .batch import Embedded, Texts, embed_batch
+from .engines import EmbeddingEngine, Engine, GenerationEngine
+from .generation import Generated
+from .inflight import InFlight
 from .served import Served
+from .sources import Sources
 from .stats import Stats
 from .tasks import embed_result, generate_result
 
@@ -39,164 +42,171 @@ if TYPE_CHECKING:
     from rq.executions import Execution
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+Taken = list[tuple[RQJob, "Execution"]]
 
 log = logging.getLogger(__name__)
 
 
 class BulkLane:
     def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats,
-                 routes: Routes | None = None):
+                 sources: Sources, in_flight: InFlight):
         self.settings, self.redis, self.stats = settings, r, stats
-        self.pipelines = served.pipelines
-        """The models served when the lane was made (a model change makes a new lane)."""
-        routes = routes or Routes(Keys(settings.key_prefix), settings.node_id)
-        self.queues = {name: Queue(name, connection=r, serializer=MsgpackSerializer)
-                       for m in self.pipelines for name in routes.queues(m)}
-        """Queue name -> queue: each model's routed (this node's) queue, then its shared one."""
-        self.models = {name: m for m in self.pipelines for name in routes.queues(m)}
-        # log_job_description=False: rq would log each job's arguments (another client's texts) at INFO.
-        self.rq = SimpleWorker(list(self.queues.values()), connection=r, name=worker_id,
-                               serializer=MsgpackSerializer, log_job_description=False)
-        self.rq.register_birth()
-        self.inflight: set[str] = set()
-        """Ids of the jobs this process is running: a job started under its name but not here was
-        orphaned by a Redis failure, and the reaper requeues it like a dead worker's."""
-        self.generating: set[str] = set()
-        """Ids of bulk generations in the engine: they outlive the step that started them."""
+        self.served, self.sources, self.in_flight = served, sources, in_flight
+        self.worker_id = worker_id
+        self._rq: SimpleWorker | None = None
+        self._registered = False
+        self._seen: tuple[Mapping[str, Engine], bool] | None = None
+        self._queues: dict[str, Queue] = {}
+        self._models: dict[str, str] = {}
+
+    @property
+    def rq(self) -> SimpleWorker:
+        """The RQ worker doing RQ's bookkeeping; made at first use (making one talks to Redis)."""
+        if self._rq is None:
+            # log_job_description=False: rq would log each job's arguments (another client's texts) at INFO.
+            self._rq = SimpleWorker(list(self._queues.values()), connection=self.redis, name=self.worker_id,
+                                    serializer=MsgpackSerializer, log_job_description=False)
+        return self._rq
+
+    @property
+    def queues(self) -> dict[str, Queue]:
+        """Queue name -> queue: each served model's routed (this node's) queue, then its shared one. When
+        the served models or the node's role changed, RQ is told the new list (`rq info` shows it)."""
+        engines, shared = self.served.engines, self.sources.shared
+        if self._seen is None or self._seen[0] is not engines or self._seen[1] != shared:
+            names = {name: m for m in engines for name in self.sources.queues(m)}
+            queues = {name: self._queues.get(name) or Queue(name, connection=self.redis, serializer=MsgpackSerializer)
+                      for name in names}
+            moved = self._registered and list(queues) != list(self._queues)
+            if moved:
+                self.rq.register_death()  # under the old queues: RQ takes it off their worker lists
+            self.rq.queues = list(queues.values())
+            if moved:
+                self.rq.register_birth()  # a Redis failure before this: the next look does both again
+            self._queues, self._models, self._seen = queues, names, (engines, shared)
+        return self._queues
 
     def heartbeat(self) -> None:
-        self.rq.heartbeat()
+        """RQ's own worker heartbeat (called from the heartbeat thread: it only writes RQ's worker key)."""
+        if self._registered and self._rq is not None:
+            self._rq.heartbeat()
 
     def register(self) -> None:
-        """Announce this worker to RQ again, after Redis lost its data (`rq info` lists it again)."""
+        """Announce this worker to RQ with the queues it serves (again after Redis lost its data)."""
+        self.rq.queues = list(self.queues.values())
         try:
             self.rq.register_birth()
         except ValueError:  # RQ still knows this worker alive: only some of our keys were lost
             self.rq.heartbeat()
+        self._registered = True
 
     def close(self) -> None:
+        if self._rq is None:
+            return
         try:
-            self.rq.register_death()
+            self._rq.register_death()
         except Exception as exc:  # Redis may be the reason we are stopping
             log.warning("could not deregister from rq: %s", exc)
 
     def serve_once(self) -> bool:
         """Run one batch from the first model with bulk work; False when every bulk queue is empty."""
         for name, queue in self.queues.items():
-            model = self.models[name]
-            pipeline = self.pipelines[model]
-            taken: list[tuple[RQJob, Execution]] = []
+            model = self._models[name]
+            engine = self.served[model]
+            taken: Taken = []
             try:
-                self._take(queue, pipeline, taken)
-                if taken:
-                    self._run(model, queue, pipeline, taken)
+                if engine.task == "embedding":
+                    self._take(queue, self.settings.batch_max, taken)
+                    if taken:
+                        self._embed(queue, engine, self._ours(model, queue, EMBED_TASK, taken))
+                else:
+                    self._take(queue, engine.free_slots, taken)
+                    if taken:
+                        self._generate(queue, engine, self._ours(model, queue, GENERATE_TASK, taken))
             except BaseException:
-                # Redis failed mid-batch: only generations in the engine still run here (embedding batches
-                # never outlive this call), so the rest, even a job caught half-dequeued, is orphaned.
-                self.inflight &= self.generating
+                self.in_flight.bulk_interrupted()
                 raise
             if taken:
+                self.rq.set_state("idle")
                 return True
         return False
 
-    def _take(self, queue: Queue, pipeline: Embedder | Generator, taken: list[tuple[RQJob, Execution]]) -> None:
-        """Dequeue up to a batch of texts' worth of jobs (one job for generation) into `taken`."""
-        budget = self.settings.batch_max if isinstance(pipeline, Embedder) else pipeline.free_slots
-        while budget > 0:
+    def _take(self, queue: Queue, room: int, taken: Taken) -> None:
+        """Dequeue jobs into `taken` while there is `room`: texts for an embedding model, generations free
+        for a generation model (one job of another function takes one)."""
+        while room > 0:
             found = Queue.dequeue_any([queue], None, connection=self.redis, serializer=MsgpackSerializer)
             if found is None:
                 break
             job = found[0]
-            self.inflight.add(job.id)
+            self.in_flight.bulk_taken(job.id)
             execution = self.rq.prepare_execution(job)
             self.rq.prepare_job_execution(job, remove_from_intermediate_queue=True)
             job.started_at = now()
             taken.append((job, execution))
-            budget -= len(job.kwargs.get("texts") or [None]) if job.func_name == EMBED_TASK else 1
+            room -= len(job.kwargs.get("texts") or [None]) if job.func_name == EMBED_TASK else 1
 
-    def _run(self, model: str, queue: Queue, pipeline: Embedder | Generator,
-             jobs: list[tuple[RQJob, Execution]]) -> None:
-        ours = EMBED_TASK if isinstance(pipeline, Embedder) else GENERATE_TASK
-        batch: list[tuple[RQJob, Execution, list[int], list[bool]]] = []
-        counts_of = self._count_tokens(pipeline, [job for job, _ in jobs if job.func_name == ours])
-        for job, execution in jobs:
-            if job.func_name != ours:
-                # Anything else on the queue runs as `rq worker` would run it.
+    def _ours(self, model: str, queue: Queue, function: str, taken: Taken) -> Taken:
+        """The jobs of the model's own function; anything else on the queue runs as `rq worker` would run
+        it, and a job naming another model fails."""
+        ours: Taken = []
+        for job, execution in taken:
+            if job.func_name != function:
                 try:
                     self.rq.perform_job(job, queue, execution)
                 finally:
-                    self.inflight.discard(job.id)
-                continue
-            if job.kwargs.get("model", model) != model:
+                    self.in_flight.bulk_ended(job.id)
+            elif job.kwargs.get("model", model) != model:
                 self._fail(job, queue, execution,
                            ValueError(f"job for {job.kwargs.get('model')!r} is on the {model!r} queue"))
-                continue
-            try:
-                if isinstance(pipeline, Generator):
-                    self._start_generation(queue, pipeline, job, execution)
-                    continue
-                counts, truncated = pipeline.check(job.kwargs["texts"], bool(job.kwargs.get("truncate")),
-                                                   counts_of.get(job.id), self.settings.max_request_tokens)
-            except Exception as exc:  # a job that cannot run fails visibly; the rest of the batch goes on
-                self._fail(job, queue, execution, exc)
-                continue
-            batch.append((job, execution, counts, truncated))
-        if batch:
-            self._embed(queue, pipeline, batch)  # type: ignore[arg-type]
-        self.rq.set_state("idle")
+            else:
+                ours.append((job, execution))
+        return ours
 
-    @staticmethod
-    def _count_tokens(pipeline: Embedder | Generator, jobs: list[RQJob]) -> dict[str, list[int]]:
-        """Token counts of every well-formed embedding job, in one tokenizer call."""
-        if not isinstance(pipeline, Embedder):
-            return {}
-        valid = [j for j in jobs if isinstance(j.kwargs.get("texts"), list)
-                 and all(isinstance(t, str) for t in j.kwargs["texts"])]
-        counts = pipeline.count_tokens([t for j in valid for t in j.kwargs["texts"]]) if valid else []
-        out, row = {}, 0
-        for job in valid:
-            n = len(job.kwargs["texts"])
-            out[job.id] = counts[row:row + n]
-            row += n
-        return out
-
-    def _embed(self, queue: Queue, pipeline: Embedder,
-               batch: list[tuple[RQJob, Execution, list[int], list[bool]]]) -> None:
-        texts = [t for job, *_ in batch for t in job.kwargs["texts"]]
-        try:
-            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats,
-                                      [n for _, _, counts, _ in batch for n in counts])
-        except Exception as exc:
-            log.exception("bulk embedding failed for %d jobs", len(batch))
-            for job, execution, *_ in batch:
-                self._fail(job, queue, execution, exc)
+    def _embed(self, queue: Queue, engine: EmbeddingEngine, jobs: Taken) -> None:
+        """One batch (`worker.batch`) for all the jobs; each gets its own RQ result or failure."""
+        runnable: list[tuple[RQJob, Execution, Texts]] = []
+        for job, execution in jobs:
+            texts = job.kwargs.get("texts")
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                self._fail(job, queue, execution, InvalidInputError("texts must be a list of strings"))
+                continue
+            runnable.append((job, execution, Texts(texts, bool(job.kwargs.get("truncate")))))
+        if not runnable:
             return
-        row = 0
-        for job, execution, counts, truncated in batch:
-            n = len(job.kwargs["texts"])
-            result = embed_result(pipeline, vectors[row:row + n], counts, truncated, self.settings.node_id)
-            row += n
-            self._succeed(job, queue, execution, result)
+        batch = embed_batch(engine, [texts for _, _, texts in runnable], self.settings.batch_max,
+                            self.settings.max_request_tokens, self.stats)
+        for (job, execution, _), result in zip(runnable, batch.results, strict=True):
+            if isinstance(result, Embedded):
+                self._succeed(job, queue, execution, embed_result(engine, result.vectors, result.token_counts,
+                                                                  result.truncated, self.settings.node_id))
+            else:
+                self._fail(job, queue, execution, result)
 
-    def _start_generation(self, queue: Queue, pipeline: Generator, job: RQJob, execution: Execution) -> None:
+    def _generate(self, queue: Queue, engine: GenerationEngine, jobs: Taken) -> None:
+        for job, execution in jobs:
+            try:
+                self._start_generation(queue, engine, job, execution)
+            except Exception as exc:  # a job that cannot run fails visibly; the others go on
+                self._fail(job, queue, execution, exc)
+
+    def _start_generation(self, queue: Queue, engine: GenerationEngine, job: RQJob, execution: Execution) -> None:
         """Join the running batch; RQ learns the outcome when the engine finishes it."""
         kwargs = job.kwargs
-        pipeline.check(kwargs["prompt"])
+        engine.check(kwargs["prompt"])
 
         def done(result: Generated | Exception) -> None:
-            self.generating.discard(job.id)
             if isinstance(result, Exception):
                 self._fail(job, queue, execution, result)
             else:
-                self._succeed(job, queue, execution,
-                              generate_result(pipeline, result, self.settings.node_id))
+                self._succeed(job, queue, execution, generate_result(engine, result, self.settings.node_id))
 
-        pipeline.submit(kwargs["prompt"], kwargs.get("max_tokens"), kwargs.get("temperature"), on_done=done)
-        self.generating.add(job.id)
+        engine.submit(kwargs["prompt"], kwargs.get("max_tokens"), kwargs.get("temperature"), on_done=done)
+        self.in_flight.bulk_generating(job.id)
 
     def _succeed(self, job: RQJob, queue: Queue, execution: Execution, result: dict[str, Any]) -> None:
         """What `rq worker` does after `Job.perform()` returned: success callback, result, registries."""
-        self.inflight.discard(job.id)  # first: if Redis fails below, the reaper finds the job orphaned
+        self.in_flight.bulk_ended(job.id)  # first: if Redis fails below, the reaper finds the job orphaned
         self.rq.handle_execution_ended(job, queue, job.success_callback_timeout)
         # Not public: RQ has no setter for a return value computed outside `Job.perform()` (here, one
         # inference for many jobs), and `handle_job_success` stores `job._result` as the job's Result.
@@ -212,7 +222,7 @@ class BulkLane:
 
     def _fail(self, job: RQJob, queue: Queue, execution: Execution, exc: BaseException) -> None:
         """What `rq worker` does after `Job.perform()` raised: failure callback, handlers, Retry or failed registry."""
-        self.inflight.discard(job.id)
+        self.in_flight.bulk_ended(job.id)
         self.rq.handle_execution_ended(job, queue, job.failure_callback_timeout)
         exc_info: ExcInfo = (type(exc), exc, exc.__traceback__)
         try:

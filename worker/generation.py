@@ -2,14 +2,13 @@
 
 `ContinuousBatchingPipeline` (add_request/step) instead of `LLMPipeline.generate`: the latter serves
 one prompt at a time and is not safe from several threads, while here every active request gains a
-token per step (4 concurrent generations measured 3.2x the tokens/s of one on this CPU). The worker
-loop calls `step()` between its Redis reads, so interactive and bulk jobs join a running batch.
+token per step, so concurrent generations share the engine (docs/benchmarks.md). The worker loop calls
+`step()` between its Redis reads, so interactive and bulk jobs join a running batch.
 
 The KV cache is bounded by admission (`worker.kvcache`): the engine allocates it as the admitted requests
-need it (measured: exactly their prompt + max_tokens, in blocks), and a request enters the engine only
-when its worst case fits next to the others' within the model's cache size; until then it waits here.
-A fixed pool instead would be touched block after block (the engine hands out freed blocks in turn), so
-a worker's RSS climbed to the whole pool even when no more than two blocks were ever in use.
+need it, and a request enters the engine only when its worst case fits next to the others' within the
+model's cache size; until then it waits here. A fixed pool instead would be touched block after block (the
+engine hands out freed blocks in turn), so a worker's RSS would climb to the whole pool.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import openvino as ov
@@ -85,13 +85,17 @@ class _Active:
     stop: list[str] = field(default_factory=list)
 
 
-class Generator:
+class ContinuousBatchingEngine:
+    """The generation engine (`worker.engines`): many prompts in one `ContinuousBatchingPipeline`."""
+
+    task: Literal["generation"] = "generation"
+
     def __init__(self, spec: ModelSpec, chain: list[str], max_sequences: int = 8, threads: int = 0,
                  default_max_tokens: int = Settings.model_fields["default_new_tokens"].default,
                  max_new_tokens: int = Settings.model_fields["max_new_tokens"].default,
                  cache_mb: int | None = None):
         """`default_max_tokens`: for a job that does not say (the dispatcher always does; a backend's plain
-        `Queue.enqueue` may not); `threads` as for `Embedder` (NPU_INFERENCE_THREADS); `cache_mb`:
+        `Queue.enqueue` may not); `threads` as for `TextEmbeddingEngine` (NPU_INFERENCE_THREADS); `cache_mb`:
         NPU_KV_CACHE_MB (the registry's `kv_cache_mb` wins), else the cache is computed for `max_sequences`
         sequences of `max_input_tokens + max_new_tokens` (`worker.kvcache`)."""
         require_model_dir(spec)
@@ -189,8 +193,8 @@ class Generator:
                                               stop=request.stop)
 
     def warm_up(self) -> None:
-        """A full batch once at load (max_sequences prompts, a step of the engine's largest token count): its
-        first generation alone added 150 MB of buffers, and more concurrency more, so the footprint is reached
+        """A full batch once at load (max_sequences prompts, a step of the engine's largest token count): the
+        engine's buffers grow with its first generations and with concurrency, so the footprint is reached
         here and not during traffic."""
         if self.__dict__.get("warmed"):  # once per pipeline: its buffers stay
             return

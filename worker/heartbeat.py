@@ -21,13 +21,12 @@ from collections.abc import Callable
 import redis
 from rq.queue import Queue
 
-from dispatcher.fleet import memory_gb
 from dispatcher.nodes import NPU_ROLE, read_node
-from dispatcher.protocol import Heartbeat, Keys, pack, utilization
+from dispatcher.protocol import Heartbeat, Keys, memory_gb, pack, utilization
 from dispatcher.settings import DEAD_WORKER_MEMORY_S, Settings
 
-from .routes import Routes
 from .served import Served
+from .sources import Sources
 from .stats import Stats, rss_bytes
 
 log = logging.getLogger(__name__)
@@ -35,15 +34,15 @@ RETRY_S = 0.1
 """Pause between beats while Redis is unreachable."""
 
 
-def queue_depths(r: redis.Redis, routes: Routes, models: list[str]) -> dict[str, dict[str, int]]:
+def queue_depths(r: redis.Redis, sources: Sources, models: list[str]) -> dict[str, dict[str, int]]:
     """Per model, both lanes, summed over every stream and queue the worker reads for it."""
     pipe = r.pipeline(transaction=False)
     slots: list[tuple[str, str]] = []
     for model in models:
-        for stream in routes.streams(model):
+        for stream in sources.streams(model):
             pipe.xlen(stream)
             slots.append((model, "interactive"))
-        for queue in routes.queues(model):
+        for queue in sources.queues(model):
             pipe.llen(Queue.redis_queue_namespace_prefix + queue)
             slots.append((model, "bulk"))
     depths = {m: {"interactive": 0, "bulk": 0} for m in models}
@@ -53,12 +52,13 @@ def queue_depths(r: redis.Redis, routes: Routes, models: list[str]) -> dict[str,
 
 
 class HeartbeatThread(threading.Thread):
-    def __init__(self, settings: Settings, worker_id: str, served: Served, stats: Stats,
+    def __init__(self, settings: Settings, worker_id: str, served: Served, stats: Stats, sources: Sources,
                  on_beat: Callable[[], None] | None = None):
         super().__init__(name="heartbeat", daemon=True)
         self.settings, self.worker_id, self.served, self.stats = settings, worker_id, served, stats
         self.keys = Keys(settings.key_prefix)
-        self.routes = Routes(self.keys, settings.node_id)
+        self.sources = sources
+        """The worker's own (live): a drained node reports only the depth of what it still reads."""
         self.on_beat = on_beat
         """Called after each beat (the bulk lane's RQ heartbeat)."""
         self.redis = settings.redis()
@@ -120,7 +120,7 @@ class HeartbeatThread(threading.Thread):
         served, stats = self.served.snapshot(), self.stats.snapshot()
         models = list(served.devices)
         now, mono = time.time(), time.monotonic()
-        depths = queue_depths(self.redis, self.routes, models)
+        depths = queue_depths(self.redis, self.sources, models)
         depth = sum(d["interactive"] + d["bulk"] for d in depths.values())
         running = stats.embedding + served.generating
         last_mono, last_busy = self._last

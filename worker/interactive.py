@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import ValidationError
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from dispatcher.errors import ErrorCode, NPUError
 from dispatcher.logs import request_id
@@ -34,74 +37,99 @@ from dispatcher.protocol import (
 )
 from dispatcher.settings import Settings
 
-from . import inference
+from .batch import Embedded, Texts, embed_batch
 from .clock import RedisClock, entry_ms
 from .deliveries import Deliveries, dead_workers
 from .devices import device_type
-from .generation import Generated, Generator
-from .pipelines import Embedder
-from .routes import Routes
+from .engines import EmbeddingEngine, Engine, GenerationEngine
+from .generation import Generated
+from .inflight import InFlight
 from .served import Served
+from .sources import Sources
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
+Read = list[tuple[str, list[Entry]]]
 POLL_S = 0.0005
-"""Pause between reads while filling a batch: a round trip costs about a tenth of a millisecond."""
+"""Pause between reads while filling a batch: far shorter than the batch window, longer than a round trip."""
+
+
+def xreadgroup(r: redis.Redis, consumer: str, streams: Mapping[str, str], count: int,
+               block: int | None = None) -> Read:
+    """XREADGROUP with its reply typed once, here: stream names decoded, entries as Redis sent them."""
+    ids: dict[KeyT, StreamIdT] = {stream: last for stream, last in streams.items()}
+    got = cast(list[tuple[bytes, list[Entry]]], r.xreadgroup(GROUP, consumer, ids, count=count, block=block) or [])
+    return [(stream.decode(), entries) for stream, entries in got]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The streams read for the models served now, from the live `Served` and `Sources`."""
+
+    models: dict[str, str]
+    """stream -> model."""
+    embedding: dict[str, str]
+    """Embedding models' streams -> ">" (XREADGROUP's "new entries")."""
+    generation: dict[str, str]
+    """Generation models' streams -> ">"."""
 
 
 class InteractiveLane:
     def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats,
-                 clock: RedisClock, routes: Routes | None = None):
+                 clock: RedisClock, sources: Sources, in_flight: InFlight):
         self.settings, self.redis, self.worker_id, self.stats, self.clock = settings, r, worker_id, stats, clock
+        self.served, self.sources, self.in_flight = served, sources, in_flight
         self.keys = Keys(settings.key_prefix)
         self.deliveries = Deliveries(settings.max_deliveries)
-        self.pipelines = served.pipelines
-        """The models served when the lane was made (a model change makes a new lane)."""
-        routes = routes or Routes(self.keys, settings.node_id)
-        self.stream_models = {s: m for m in self.pipelines for s in routes.streams(m)}
-        kinds = {s: isinstance(self.pipelines[m], Embedder) for s, m in self.stream_models.items()}
-        self.embed_streams = {s: ">" for s, embeds in kinds.items() if embeds}
-        self.gen_streams = {s: ">" for s, embeds in kinds.items() if not embeds}
         self._recent: dict[str, deque[int]] = {}
-        self.outbox: list[tuple[Job, Reply]] = []
-        """Generation messages produced during a step, pushed together after it."""
+        self._plan: tuple[Mapping[str, Engine], bool, _Plan] | None = None
         self.recovering = False
         """Set after a Redis failure: this worker's own unacked entries (their replies or acks may not
         have reached Redis) are read again before new ones."""
 
+    @property
+    def plan(self) -> _Plan:
+        """Worked out again only when the served models or the node's role changed."""
+        engines, shared = self.served.engines, self.sources.shared
+        if self._plan is None or self._plan[0] is not engines or self._plan[1] != shared:
+            models = {s: m for m in engines for s in self.sources.streams(m)}
+            self._plan = (engines, shared, _Plan(
+                models, {s: ">" for s, m in models.items() if m in self.served.embedding},
+                {s: ">" for s, m in models.items() if m in self.served.generation}))
+        return self._plan[2]
+
     # --- reading
 
-    def read(self, block: bool) -> list[tuple[bytes, list[Entry]]]:
+    def read(self, block: bool) -> Read:
         """New entries. Generation streams only as many as the engines have free slots, so no prompt
         waits in this worker while a peer is idle."""
-        cap, r, me = self.settings.batch_max, self.redis, self.worker_id
-        gen_slots = min((self.pipelines[self.stream_models[s]].free_slots for s in self.gen_streams),
-                        default=0)
-        streams = {**self.embed_streams, **(self.gen_streams if gen_slots else {})}
+        cap, r, me, plan = self.settings.batch_max, self.redis, self.worker_id, self.plan
+        gen_slots = min((self.served.generation[plan.models[s]].free_slots for s in plan.generation), default=0)
+        streams = {**plan.embedding, **(plan.generation if gen_slots else {})}
         if not streams:
             return []
         if self.recovering:
-            own = [(s, e) for s, e in r.xreadgroup(GROUP, me, dict.fromkeys(streams, "0"), count=cap) or [] if e]
+            own = [(s, e) for s, e in xreadgroup(r, me, dict.fromkeys(streams, "0"), cap) if e]
             if own:
                 self.stats.add("redelivered_own", sum(len(e) for _, e in own))
                 return own
             self.recovering = False
         if not block:
-            got = []
-            if self.embed_streams:
-                got += r.xreadgroup(GROUP, me, self.embed_streams, count=cap) or []
+            got: Read = []
+            if plan.embedding:
+                got += xreadgroup(r, me, plan.embedding, cap)
             if gen_slots:
-                got += r.xreadgroup(GROUP, me, self.gen_streams, count=gen_slots) or []
+                got += xreadgroup(r, me, plan.generation, gen_slots)
             return got
         # COUNT applies to each stream read: with generation streams in the read, no more than their free
         # slots, and an embedding stream that filled that count is read again for the rest of a batch. An
         # embeddings-only worker takes a whole batch in this one read (a lone job: one round trip, not two).
-        count = min(cap, gen_slots) if gen_slots and self.gen_streams else cap
-        got = r.xreadgroup(GROUP, me, streams, count=count, block=self.settings.bulk_poll_ms) or []
+        count = min(cap, gen_slots) if gen_slots and plan.generation else cap
+        got = xreadgroup(r, me, streams, count, block=self.settings.bulk_poll_ms)
         for stream, entries in got:
-            if stream.decode() in self.embed_streams and len(entries) == count < cap:
-                entries += (r.xreadgroup(GROUP, me, {stream: ">"}, count=cap - count) or [(None, [])])[0][1]
+            if stream in plan.embedding and len(entries) == count < cap:
+                entries += next((e for _, e in xreadgroup(r, me, {stream: ">"}, cap - count)), [])
         return got
 
     def _fill(self, stream: str, model: str, jobs: list[tuple[bytes, Job]], drop: list[bytes]) -> None:
@@ -118,7 +146,7 @@ class InteractiveLane:
         window = self.settings.batch_window_ms / 1000
         end = time.monotonic() + window
         while window > 0 and 0 < texts < target and time.monotonic() < end:
-            more = self.redis.xreadgroup(GROUP, self.worker_id, {stream: ">"}, count=target - texts)
+            more = xreadgroup(self.redis, self.worker_id, {stream: ">"}, target - texts)
             if not more:
                 time.sleep(POLL_S)
                 continue
@@ -131,7 +159,9 @@ class InteractiveLane:
 
     def _decode(self, stream: str, entries: list[Entry]) -> tuple[list[tuple[bytes, Job]], list[bytes]]:
         """Jobs still worth running, and ids to ack without running (late or malformed)."""
-        now, jobs, drop = time.time(), [], []
+        now = time.time()
+        jobs: list[tuple[bytes, Job]] = []
+        drop: list[bytes] = []
         redis_now: float | None = None
         for entry_id, fields in entries:
             if not fields:  # deleted while pending (Redis < 7 still hands such entries out)
@@ -144,7 +174,7 @@ class InteractiveLane:
                 what = ("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in exc.errors()[:5])
                         if isinstance(exc, ValidationError) else type(exc).__name__)
                 log.error("malformed job %s on %s dead-lettered: %s", entry_id, stream, what)
-                self.redis.xadd(self.keys.dead(self.stream_models[stream]), {**fields, b"reason": b"malformed"},
+                self.redis.xadd(self.keys.dead(self.plan.models[stream]), _dead_entry(fields, b"malformed"),
                                 maxlen=self.settings.dead_letter_max, approximate=True)
                 self.stats.add("malformed")
                 drop.append(entry_id)
@@ -167,95 +197,78 @@ class InteractiveLane:
     # --- serving
 
     def serve(self, stream: str, entries: list[Entry]) -> None:
-        model = self.stream_models[stream]
-        pipeline = self.pipelines[model]
-        if isinstance(pipeline, Embedder):
-            jobs, drop = self._decode(stream, entries)
+        model = self.plan.models[stream]
+        jobs, drop = self._decode(stream, entries)
+        embedding = self.served.embedding.get(model)
+        if embedding is not None:
             self._fill(stream, model, jobs, drop)
-            self.finish(stream, drop + [e for e, _ in jobs], self._embed(pipeline, [j for _, j in jobs]))
+            self.finish(stream, drop + [e for e, _ in jobs], self._embed(embedding, [j for _, j in jobs]))
         else:
-            jobs, drop = self._decode(stream, entries)
-            self.finish(stream, drop + [e for e, _ in jobs], [self._admit(pipeline, job) for _, job in jobs])
+            generation = self.served.generation[model]
+            self.finish(stream, drop + [e for e, _ in jobs], [self._admit(generation, job) for _, job in jobs])
 
-    def _base(self, pipeline: Embedder | Generator, job: Job, started: float) -> dict[str, Any]:
-        return {"device": device_type(pipeline.device), "node_id": self.settings.node_id,
+    def _base(self, engine: Engine, job: Job, started: float) -> dict[str, Any]:
+        return {"device": device_type(engine.device), "node_id": self.settings.node_id,
                 "worker_id": self.worker_id, "queue_ms": max(0.0, (started - job.created) * 1000)}
 
-    def _embed(self, pipeline: Embedder, jobs: list[Job]) -> list[tuple[Job, Reply]]:
+    def _embed(self, engine: EmbeddingEngine, jobs: list[Job]) -> list[tuple[Job, Reply]]:
+        if not jobs:
+            return []
+        batch = embed_batch(engine, [Texts(job.texts or [], job.truncate) for job in jobs], self.settings.batch_max,
+                            self.settings.max_request_tokens, self.stats)
         replies: list[tuple[Job, Reply]] = []
-        accepted: list[tuple[Job, list[int], list[bool]]] = []
-        all_counts = pipeline.count_tokens([t for job in jobs for t in job.texts or []]) if jobs else []
-        row = 0
-        for job in jobs:
-            n = len(job.texts or [])
-            try:
-                counts, truncated = pipeline.check(job.texts or [], job.truncate, all_counts[row:row + n],
-                                                   self.settings.max_request_tokens)
-                accepted.append((job, counts, truncated))
-            except NPUError as exc:
-                replies.append((job, error_reply(exc)))
-            row += n
-        if not accepted:
-            return replies
-        texts = [t for job, _, _ in accepted for t in job.texts or []]
-        started = time.time()
-        try:
-            vectors = inference.embed(pipeline, texts, self.settings.batch_max, self.stats,
-                                      [n for _, counts, _ in accepted for n in counts])
-        except Exception as exc:
-            log.exception("embedding inference failed for %d jobs", len(accepted))
-            return replies + [(job, failure_reply(exc)) for job, _, _ in accepted]
-        inference_ms = (time.time() - started) * 1000
-        row = 0
-        for job, counts, truncated in accepted:
+        for job, result in zip(jobs, batch.results, strict=True):
+            if not isinstance(result, Embedded):
+                replies.append((job, error_reply(result) if isinstance(result, NPUError) else failure_reply(result)))
+                continue
             _log_job(job, logging.DEBUG, "embedded job %s: %d texts in a batch of %d, %.1f ms", job.id,
-                     len(job.texts or []), len(texts), inference_ms)
-            part = vectors[row:row + len(job.texts or [])]
-            row += len(part)
-            replies.append((job, EmbeddingReply(**self._base(pipeline, job, started), vectors=part.tobytes(),
-                                                dim=part.shape[1], token_counts=counts, truncated=truncated,
-                                                inference_ms=inference_ms, batch_size=len(texts))))
-        self.stats.add("jobs", len(accepted))
+                     len(result.token_counts), batch.texts, batch.inference_ms)
+            replies.append((job, EmbeddingReply(**self._base(engine, job, batch.started),
+                                                vectors=result.vectors.tobytes(), dim=result.vectors.shape[1],
+                                                token_counts=result.token_counts, truncated=result.truncated,
+                                                inference_ms=batch.inference_ms, batch_size=batch.texts)))
+        self.stats.add("jobs", sum(isinstance(result, Embedded) for result in batch.results))
         return replies
 
-    def _admit(self, pipeline: Generator, job: Job) -> tuple[Job, Reply]:
+    def _admit(self, engine: GenerationEngine, job: Job) -> tuple[Job, Reply]:
         """Start a generation in the engine; its tokens and end arrive through the outbox."""
         started = time.time()
         try:
-            pipeline.check(job.prompt or "")
-            pipeline.submit(job.prompt or "", job.max_tokens, job.temperature, stop=job.stop,
-                            on_done=partial(self._generated, pipeline, job, started),
-                            on_delta=partial(self._delta, job) if job.stream else None)
+            engine.check(job.prompt or "")
+            engine.submit(job.prompt or "", job.max_tokens, job.temperature, stop=job.stop,
+                          on_done=partial(self._generated, engine, job, started),
+                          on_delta=partial(self._delta, job) if job.stream else None)
         except NPUError as exc:
             return job, error_reply(exc)
         except Exception as exc:
             _log_job(job, logging.ERROR, "could not start generation %s", job.id, exc_info=True)
             return job, failure_reply(exc)
-        self.stats.peak("peak_generations", pipeline.running)
-        return job, StartReply(**self._base(pipeline, job, started))
+        self.stats.peak("peak_generations", engine.running)
+        return job, StartReply(**self._base(engine, job, started))
 
     def _delta(self, job: Job, text: str) -> None:
-        self.outbox.append((job, DeltaReply(delta=text)))
+        self.in_flight.reply(job, DeltaReply(delta=text))
 
-    def _generated(self, pipeline: Generator, job: Job, started: float, result: Generated | Exception) -> None:
+    def _generated(self, engine: GenerationEngine, job: Job, started: float, result: Generated | Exception) -> None:
         reply: Reply
         if isinstance(result, Exception):
             reply = failure_reply(result)
         else:
             self.stats.add("jobs")
-            self.stats.count_model(pipeline.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
-            reply = DoneReply(**self._base(pipeline, job, started), text=result.text,
+            self.stats.count_model(engine.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
+            reply = DoneReply(**self._base(engine, job, started), text=result.text,
                               prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                               finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,
                               inference_ms=result.duration_ms)
-        self.outbox.append((job, reply))
+        self.in_flight.reply(job, reply)
 
     def flush(self) -> None:
-        if not self.outbox:
+        """Push the generations' messages of this step in one round trip."""
+        replies = self.in_flight.take_replies()
+        if not replies:
             return
         pipe = self.redis.pipeline(transaction=False)
-        self._push(pipe, self.outbox)
-        self.outbox.clear()
+        self._push(pipe, replies)
         pipe.execute()
 
     def _push(self, pipe: Any, replies: list[tuple[Job, Reply]]) -> None:
@@ -292,10 +305,11 @@ class InteractiveLane:
         """
         r, s, me = self.redis, self.settings, self.worker_id
         pipe = r.pipeline(transaction=False)
-        for stream in self.stream_models:
+        streams = list(self.plan.models)
+        for stream in streams:
             pipe.xinfo_consumers(stream, GROUP)
         consumers = {stream: [(c["name"].decode(), c["pending"], c["idle"]) for c in info]
-                     for stream, info in zip(self.stream_models, pipe.execute(), strict=True)}
+                     for stream, info in zip(streams, pipe.execute(), strict=True)}
         names = sorted({name for found in consumers.values() for name, _, _ in found if name != me})
         dead = dead_workers(r, self.keys, names)
         did = False
@@ -311,14 +325,13 @@ class InteractiveLane:
         return did
 
     def _take_over(self, stream: str, consumer: str) -> bool:
-        s, model = self.settings, self.stream_models[stream]
-        pending = self.redis.xpending_range(stream, GROUP, "-", "+", s.batch_max, consumername=consumer,
-                                            idle=s.claim_idle_ms)
+        s, model = self.settings, self.plan.models[stream]
+        pending = self._pending(stream, consumer, s.batch_max, idle=s.claim_idle_ms)
         if not pending:
             return False
         # Every delivery of an entry pending on a dead consumer was lost with a worker.
-        poison = [p["message_id"] for p in pending if self.deliveries.exhausted(p["times_delivered"])]
-        retry = [p["message_id"] for p in pending if not self.deliveries.exhausted(p["times_delivered"])]
+        poison = [entry_id for entry_id, times in pending if self.deliveries.exhausted(times)]
+        retry = [entry_id for entry_id, times in pending if not self.deliveries.exhausted(times)]
         if poison:
             self._dead_letter(model, stream, poison)
         if retry:
@@ -334,23 +347,29 @@ class InteractiveLane:
         loser claims nothing). Entries deleted while pending are claimed too but come back without an id
         (Redis 6.2) or not at all (7): they are acked here, as there is nothing to run."""
         me = self.worker_id
-        claimed = self.redis.xclaim(stream, GROUP, me, self.settings.claim_idle_ms, ids)
+        claimed = cast(list[tuple[bytes | None, dict[bytes, bytes] | None]],
+                       self.redis.xclaim(stream, GROUP, me, self.settings.claim_idle_ms, list[StreamIdT](ids)))
         entries = [(entry_id, fields) for entry_id, fields in claimed if entry_id is not None and fields]
         if len(entries) < len(claimed):
             kept = {entry_id for entry_id, _ in entries}
-            mine = self.redis.xpending_range(stream, GROUP, "-", "+", len(ids) + self.settings.batch_max,
-                                             consumername=me)
-            vanished = [p["message_id"] for p in mine if p["message_id"] in set(ids) - kept]
+            mine = self._pending(stream, me, len(ids) + self.settings.batch_max)
+            vanished = [entry_id for entry_id, _ in mine if entry_id in set(ids) - kept]
             if vanished:
                 self.redis.xack(stream, GROUP, *vanished)
         return entries
+
+    def _pending(self, stream: str, consumer: str, count: int, idle: int | None = None) -> list[tuple[bytes, int]]:
+        """A consumer's pending entries: (id, times delivered), XPENDING's reply typed once, here."""
+        found = cast(list[dict[str, Any]], self.redis.xpending_range(stream, GROUP, "-", "+", count,
+                                                                      consumername=consumer, idle=idle))
+        return [(p["message_id"], int(p["times_delivered"])) for p in found]
 
     def _dead_letter(self, model: str, stream: str, ids: list[bytes]) -> None:
         s = self.settings
         entries = self._claim(stream, ids)
         replies: list[tuple[Job, Reply]] = []
         for _, fields in entries:
-            self.redis.xadd(self.keys.dead(model), {**fields, b"reason": b"too many deliveries"},
+            self.redis.xadd(self.keys.dead(model), _dead_entry(fields, b"too many deliveries"),
                             maxlen=s.dead_letter_max, approximate=True)
             self.stats.add("dead_lettered")
             log.error("dead-lettered a job on %s: its workers died %d times", stream, s.max_deliveries)
@@ -373,6 +392,13 @@ def _log_job(job: Job, level: int, message: str, *args: Any, exc_info: bool = Fa
         log.log(level, message, *args, exc_info=exc_info)
     finally:
         request_id.reset(token)
+
+
+def _dead_entry(fields: dict[bytes, bytes], reason: bytes) -> dict[FieldT, EncodableT]:
+    """A job's stream entry as the dead-letter stream keeps it: its fields, and why."""
+    entry: dict[FieldT, EncodableT] = {name: value for name, value in fields.items()}
+    entry[b"reason"] = reason
+    return entry
 
 
 def error_reply(exc: NPUError) -> ErrorReply:

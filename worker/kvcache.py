@@ -1,7 +1,7 @@
 """The generation engine's KV cache: sized from the model's shape and the work it admits, and accounted per request.
 
 The engine (`ContinuousBatchingPipeline`) takes the cache in blocks of `BLOCK_TOKENS` tokens and grows it on
-demand up to what it is given, so a fixed "1 GB" made a small model's worker drift towards 1.6 GB of RSS
+demand up to what it is given, so a fixed size made a small model's worker drift towards that size of RSS
 whatever the traffic needed. Here the default is what the worker can actually be asked to hold at once:
 `max_sequences` generations of `max_input_tokens + max_new_tokens` tokens each. An operator may set a
 size instead (`NPU_KV_CACHE_MB`, or `kv_cache_mb` per model in the registry).
@@ -21,14 +21,13 @@ from pathlib import Path
 import openvino as ov
 
 BLOCK_TOKENS = 32
-"""Tokens per KV-cache block of OpenVINO's CPU plugin (measured: a sequence takes its second block at its
-33rd token)."""
+"""Tokens per KV-cache block of OpenVINO's CPU plugin (a sequence takes its second block at its 33rd token)."""
 ELEMENT_BYTES = {"u8": 1, "i8": 1, "u4": 1, "f16": 2, "bf16": 2, "f32": 4}
 """Bytes per cached element by KV_CACHE_PRECISION. u4 is counted as a byte: a safe over-estimate."""
 QUANT_BYTES = 8
 """A quantized (u8/i8/u4) cache also keeps a scale and a zero point (f32 each): for values per head and token,
-for keys (quantized by channel) per head, channel and block. With these the estimate matched the engine's
-own figure exactly for SmolLM2 on CPU (13,680 bytes per token)."""
+for keys (quantized by channel) per head, channel and block; with these the estimate matches the engine's
+own figure."""
 
 
 @dataclass(frozen=True)

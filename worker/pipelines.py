@@ -1,6 +1,9 @@
-"""The OpenVINO pipelines a worker keeps in memory, one per model, built once at start."""
+"""The OpenVINO pipelines a worker keeps in memory, one per model, built once at start: their plugin
+configuration, and the text-embedding engine."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import openvino as ov
@@ -13,19 +16,14 @@ from dispatcher.models import ModelSpec
 from .devices import first_that_compiles
 
 CPU_SHAPE_CACHE = 256
-"""Input shapes whose compiled kernels the CPU plugin keeps (CPU_RUNTIME_CACHE_CAPACITY; its default 5000) for
-a generation model: every new token count of a step adds an entry. With the default, an embedding worker fed
-batches of 1-32 texts of varying length grew 230 -> 653 MB over 3,500 batches and was still growing."""
+"""Input shapes whose compiled kernels the CPU plugin keeps (CPU_RUNTIME_CACHE_CAPACITY) for a generation model:
+every new token count of a step adds an entry, and with the plugin's default the worker's memory kept growing."""
 EMBED_SHAPE_CACHE = 32
-"""The same for an embedding model, whose batches of 1-32 texts of any length make thousands of distinct
-shapes, so a larger cache rarely hits and only holds memory. Measured in one process, 600 random batches
-(1-32 texts of 1-90 words, split as the worker splits them), after warm-up: 602 -> 941 MB and still growing
-with 256 entries; 602 -> 831 MB with 32 and 602 -> 826 MB with 4, flat after ~300 batches. Throughput on the
-corpus (150 batches x 3, two processes each): 256 entries 210-267 texts/s, 32 entries 192-253, no difference
-beyond the runs' spread."""
+"""The same for an embedding model, whose batches of any size and length make thousands of distinct shapes, so
+a larger cache rarely hits and only holds memory; throughput did not suffer (docs/benchmarks.md)."""
 
 # One synchronous pipeline per worker process with the LATENCY hint: THROUGHPUT with one synchronous
-# caller ran at half speed here, and a second pipeline in another thread was slower (docs/architecture.md).
+# caller, or a second pipeline in another thread, was slower (docs/architecture.md).
 def plugin_config(threads: int = 0, device: str = "CPU", shapes: int = CPU_SHAPE_CACHE) -> dict[str, object]:
     """`threads` > 0 caps the CPU threads of one inference (NPU_INFERENCE_THREADS), for several worker
     processes sharing the cores; 0 lets OpenVINO use them all. The shape cache (`shapes` entries) is bounded
@@ -44,19 +42,25 @@ def require_model_dir(spec: ModelSpec) -> None:
                                 "prepare-models` (bundled models) or `npu-worker export`")
 
 
-class Embedder:
-    """An embedding model: counts tokens, refuses or flags over-long input, embeds.
+class TextEmbeddingEngine:
+    """The embedding engine (`worker.engines`): counts tokens, refuses or flags over-long input, embeds.
 
-    Two paths give the same vectors (max difference 6e-8 on the bundled model). The one-pass path
+    Two paths give the same vectors (to float32 rounding). The one-pass path
     tokenizes a batch once, for the count every text needs before it is accepted and for the inference,
     then runs the model and pools here; the pipeline path (`TextEmbeddingPipeline`) tokenizes again
     inside. The pipeline path serves NPUs (static shapes), input cut by `truncate`, and models whose
     directory has no separate `openvino_model.xml`, and `one_pass=False` (NPU_EMBED_ONE_PASS=false).
     """
 
-    def __init__(self, spec: ModelSpec, chain: list[str], threads: int = 0, one_pass: bool = True):
+    task: Literal["embedding"] = "embedding"
+
+    def __init__(self, spec: ModelSpec, chain: list[str], threads: int = 0, one_pass: bool = True,
+                 batch_max: int = 32, padded_tokens: int = 2048):
+        """`batch_max` and `padded_tokens`: the largest batch the worker runs (NPU_BATCH_MAX, and
+        `worker.inference.PADDED_TOKENS`), which `warm_up` runs once."""
         require_model_dir(spec)
         self.spec = spec
+        self.batch_max, self.padded_tokens = batch_max, padded_tokens
         config = og.TextEmbeddingPipeline.Config()
         config.pooling_type = (og.TextEmbeddingPipeline.PoolingType.MEAN if spec.pooling == "mean"
                                else og.TextEmbeddingPipeline.PoolingType.CLS)
@@ -67,8 +71,8 @@ class Embedder:
             lambda device: og.TextEmbeddingPipeline(str(spec.path), device, config,
                                              **plugin_config(threads, device, EMBED_SHAPE_CACHE)),
             chain, spec.name)
-        # The tokenizer model compiled on its own counts tokens 4x faster than openvino_genai.Tokenizer.encode
-        # (0.4 vs 1.7 ms for 32 short texts here), and every text is counted before it is embedded.
+        # The tokenizer model compiled on its own counts tokens faster than openvino_genai.Tokenizer.encode,
+        # and every text is counted before it is embedded.
         core = ov.Core()
         self._tokenize = core.compile_model(spec.path / "openvino_tokenizer.xml", "CPU")
         self._model: ov.CompiledModel | None = None
@@ -85,10 +89,11 @@ class Embedder:
     def one_pass(self) -> bool:
         return self._model is not None
 
-    def warm_up(self, cap: int, padded_tokens: int) -> None:
-        """Run the largest shapes this worker will ever run (worker.inference.PADDED_TOKENS) once, at load: the
-        engine keeps the buffers of the largest shape it ran, so the worker's footprint is reached here, not
-        whenever traffic first brings such a batch."""
+    def warm_up(self) -> None:
+        """Run the largest shapes this worker will ever run once, at load: the engine keeps the buffers of the
+        largest shape it ran, so the worker's footprint is reached here, not whenever traffic first brings
+        such a batch."""
+        cap, padded_tokens = self.batch_max, self.padded_tokens
         if self.__dict__.get("warmed"):  # once per pipeline: its buffers stay
             return
         self.warmed = True
@@ -111,8 +116,8 @@ class Embedder:
         """Token counts and truncation flags; refuses over-long input unless truncation was asked for, and
         a request whose texts together exceed `max_total` tokens (counted as they will run, i.e. cut).
 
-        Pass `counts` from one `count_tokens` call over a whole batch: one tokenizer call for 32 texts
-        costs 0.4 ms here, 32 calls of one text 7.7 ms.
+        Pass `counts` from one `count_tokens` call over a whole batch: one tokenizer call for many texts
+        costs far less than one call per text.
         """
         limit = self.spec.max_input_tokens
         counts = self.count_tokens(texts) if counts is None else counts

@@ -96,7 +96,7 @@ class BulkReaper:
         me, now_s, done = self.worker_id, time.time(), 0
         for (queue, job_id, execution_id, score), name in zip(entries, names, strict=True):
             if name == me:
-                orphaned = job_id not in self.lane.inflight
+                orphaned = not self.lane.in_flight.runs_bulk(job_id)
             elif (expiry := expiries.get(name)) is not None:
                 orphaned = expiry < now_s  # one of ours, and its heartbeat expired
             else:

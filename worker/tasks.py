@@ -15,52 +15,45 @@ import numpy as np
 from dispatcher.models import Registry
 from dispatcher.protocol import Prompt
 from dispatcher.results import EmbedResult, GenerateResult
-from dispatcher.settings import Settings, get_settings
+from dispatcher.settings import get_settings
 
-from .devices import device_type, parse_chain
-from .generation import Generated, Generator
-from .pipelines import Embedder
+from . import engines
+from .devices import device_type
+from .generation import Generated
 
 
-def embed_result(pipeline: Embedder, vectors: np.ndarray, counts: list[int], truncated: list[bool],
+def embed_result(engine: engines.EmbeddingEngine, vectors: np.ndarray, counts: list[int], truncated: list[bool],
                  node_id: str) -> dict[str, Any]:
     """The body `/embeddings` answers with (`EmbedResult.to_body`), vectors as lists for msgpack."""
-    return EmbedResult(vectors, pipeline.spec.name, "npu", device_type(pipeline.device), node_id, counts,
+    return EmbedResult(vectors, engine.spec.name, "npu", device_type(engine.device), node_id, counts,
                        truncated).to_body(lists=True)
 
 
-def generate_result(pipeline: Generator, result: Generated, node_id: str) -> dict[str, Any]:
+def generate_result(engine: engines.GenerationEngine, result: Generated, node_id: str) -> dict[str, Any]:
     """The body `/inference` answers with (`GenerateResult.to_body`)."""
-    return GenerateResult(result.text, pipeline.spec.name, "npu", device_type(pipeline.device), node_id,
+    return GenerateResult(result.text, engine.spec.name, "npu", device_type(engine.device), node_id,
                           result.prompt_tokens, result.completion_tokens,
                           {"inference_ms": round(result.duration_ms, 3), "ttft_ms": round(result.ttft_ms, 3)},
                           finish_reason=result.finish_reason).to_body()
 
 
-def default_max_tokens(s: Settings) -> int:
-    """max_tokens of a generation job that does not say: the dispatcher's default, so both lanes agree."""
-    return min(s.default_new_tokens, s.max_new_tokens)
-
-
 @cache
-def _pipeline(model: str) -> Embedder | Generator:
+def _engine(model: str) -> engines.Engine:
     s = get_settings()
-    spec, chain = Registry.load(s).get(model), parse_chain(s.devices)
-    if spec.task == "embedding":
-        return Embedder(spec, chain, s.inference_threads, s.embed_one_pass)
-    return Generator(spec, chain, s.max_generations, s.inference_threads, default_max_tokens(s), s.max_new_tokens,
-                     s.kv_cache_mb)
+    return engines.build(Registry.load(s).get(model), s)
 
 
 def embed(texts: list[str], model: str, truncate: bool = False) -> dict[str, Any]:
-    pipeline = _pipeline(model)
-    assert isinstance(pipeline, Embedder), f"{model} is not an embedding model"
-    counts, truncated = pipeline.check(texts, truncate, max_total=get_settings().max_request_tokens)
-    return embed_result(pipeline, pipeline.embed(texts), counts, truncated, get_settings().node_id)
+    engine = _engine(model)
+    if engine.task != "embedding":
+        raise ValueError(f"{model} is not an embedding model")
+    counts, truncated = engine.check(texts, truncate, max_total=get_settings().max_request_tokens)
+    return embed_result(engine, engine.embed(texts), counts, truncated, get_settings().node_id)
 
 
 def generate(prompt: Prompt, model: str, max_tokens: int | None = None,
              temperature: float | None = None) -> dict[str, Any]:
-    pipeline = _pipeline(model)
-    assert isinstance(pipeline, Generator), f"{model} is not a generation model"
-    return generate_result(pipeline, pipeline.generate(prompt, max_tokens, temperature), get_settings().node_id)
+    engine = _engine(model)
+    if engine.task != "generation":
+        raise ValueError(f"{model} is not a generation model")
+    return generate_result(engine, engine.generate(prompt, max_tokens, temperature), get_settings().node_id)

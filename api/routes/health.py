@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from dispatcher.fleet import Load, memory_gb
+from dispatcher.fleet import Load
+from dispatcher.protocol import memory_gb
 
 from ..auth import RESPONSES, AuthenticatedRoute, require_read
 from ..deps import AsyncDispatcherDep, Fleet

@@ -18,7 +18,7 @@ from dispatcher.results import EmbedResult
 from dispatcher.settings import Settings
 from tests.conftest import WorkerProcess
 from worker import generation
-from worker.generation import Generator
+from worker.generation import ContinuousBatchingEngine
 from worker.pipelines import CPU_SHAPE_CACHE
 
 MODEL, LLM = "all-minilm-l6-v2", "smollm2-135m-instruct"
@@ -99,7 +99,7 @@ def test_generation_honours_inference_threads(settings: Settings, monkeypatch: p
         return real(path, scheduler, device, config)
 
     monkeypatch.setattr(generation.og, "ContinuousBatchingPipeline", recording)
-    generator = Generator(Registry.load(settings).get(LLM), ["CPU"], max_sequences=2, threads=1,
+    generator = ContinuousBatchingEngine(Registry.load(settings).get(LLM), ["CPU"], max_sequences=2, threads=1,
                           default_max_tokens=2)
     assert seen == [{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
                      "CPU_RUNTIME_CACHE_CAPACITY": CPU_SHAPE_CACHE}]

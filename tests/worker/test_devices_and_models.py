@@ -11,8 +11,8 @@ import pytest
 from dispatcher.models import Registry
 from dispatcher.settings import Settings
 from worker.devices import device_type, parse_chain
-from worker.generation import Generator
-from worker.pipelines import CPU_SHAPE_CACHE, EMBED_SHAPE_CACHE, Embedder
+from worker.generation import ContinuousBatchingEngine
+from worker.pipelines import CPU_SHAPE_CACHE, EMBED_SHAPE_CACHE, TextEmbeddingEngine
 from worker.prepare import MARKER, prepare
 
 
@@ -28,7 +28,7 @@ def test_chain_falls_through_to_a_device_that_works(settings: Settings) -> None:
     import openvino as ov
 
     spec = Registry.load(settings).get("all-minilm-l6-v2")
-    embedder = Embedder(spec, parse_chain("NPU,GPU,CPU"))
+    embedder = TextEmbeddingEngine(spec, parse_chain("NPU,GPU,CPU"))
     # Whatever ran is a device this machine really has, reported as such.
     assert embedder.device in ov.Core().available_devices
     assert embedder.embed(["hello"]).shape == (1, 384)
@@ -42,7 +42,7 @@ def test_chain_without_a_working_device_says_why(settings: Settings) -> None:
         pytest.skip("this machine has both NPU and GPU")  # an accelerator machine: nothing is missing
     spec = Registry.load(settings).get("all-minilm-l6-v2")
     with pytest.raises(RuntimeError) as err:
-        Embedder(spec, missing)
+        TextEmbeddingEngine(spec, missing)
     assert all(d in str(err.value) for d in missing)
 
 
@@ -56,7 +56,7 @@ def test_prepared_models_are_complete_and_preparation_is_idempotent(settings: Se
 
 
 def test_generation_runs_with_the_chat_template(settings: Settings) -> None:
-    generator = Generator(Registry.load(settings).get("smollm2-135m-instruct"), ["CPU"])
+    generator = ContinuousBatchingEngine(Registry.load(settings).get("smollm2-135m-instruct"), ["CPU"])
     result = generator.generate("What is the capital of France?", 16, None)
     assert "Paris" in result.text and result.finish_reason == "stop"
     assert result.prompt_tokens > 8 and 0 < result.completion_tokens <= 16
@@ -66,7 +66,7 @@ def test_generation_runs_with_the_chat_template(settings: Settings) -> None:
 def test_concurrent_generations_advance_together_and_stream(settings: Settings) -> None:
     """Continuous batching: four prompts in one engine all finish, each with its own text, and the deltas
     of a streamed one add up to its final text."""
-    generator = Generator(Registry.load(settings).get("smollm2-135m-instruct"), ["CPU"], max_sequences=4)
+    generator = ContinuousBatchingEngine(Registry.load(settings).get("smollm2-135m-instruct"), ["CPU"], max_sequences=4)
     prompts = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?", "Say hello."]
     alone = [generator.generate(p, 24).text for p in prompts]
     done: dict[int, object] = {}
@@ -88,7 +88,7 @@ def test_concurrent_generations_advance_together_and_stream(settings: Settings) 
 
 
 def test_token_limit_is_enforced_unless_truncation_is_asked(settings: Settings) -> None:
-    embedder = Embedder(Registry.load(settings).get("all-minilm-l6-v2"), ["CPU"])
+    embedder = TextEmbeddingEngine(Registry.load(settings).get("all-minilm-l6-v2"), ["CPU"])
     long_text = "word " * 400
     from dispatcher.errors import InvalidInputError
 
@@ -106,7 +106,7 @@ def test_one_pass_and_pipeline_paths_give_the_same_vectors(settings: Settings) -
     TextEmbeddingPipeline path for a batch of mixed lengths, for a batch taken out of a larger counted
     one (rows reused, padding trimmed), and over-long input still goes through the pipeline, cut."""
     spec = Registry.load(settings).get("all-minilm-l6-v2")
-    one, pipe = Embedder(spec, ["CPU"], one_pass=True), Embedder(spec, ["CPU"], one_pass=False)
+    one, pipe = TextEmbeddingEngine(spec, ["CPU"], one_pass=True), TextEmbeddingEngine(spec, ["CPU"], one_pass=False)
     assert one.one_pass and not pipe.one_pass
     texts = ["a", "A man is playing a guitar on the stage tonight.", "short one", "x " * 100]
     assert np.abs(one.embed(texts) - pipe.embed(texts)).max() < 1e-5
@@ -129,7 +129,7 @@ def test_the_embedding_model_keeps_the_small_shape_cache(settings: Settings, mon
         return real(self, model, device, config or {})
 
     monkeypatch.setattr(ov.Core, "compile_model", recording)
-    embedder = Embedder(Registry.load(settings).get("all-minilm-l6-v2"), ["CPU"], one_pass=True)
+    embedder = TextEmbeddingEngine(Registry.load(settings).get("all-minilm-l6-v2"), ["CPU"], one_pass=True)
     assert embedder.one_pass
     assert [c.get("CPU_RUNTIME_CACHE_CAPACITY") for c in seen if c] == [EMBED_SHAPE_CACHE]
     assert EMBED_SHAPE_CACHE < CPU_SHAPE_CACHE

@@ -13,7 +13,7 @@ import numpy as np
 from dispatcher.models import Registry
 from dispatcher.settings import Settings
 from tests.conftest import ROOT
-from worker.pipelines import Embedder
+from worker.pipelines import TextEmbeddingEngine
 from worker.prepare import package_dir
 
 
@@ -34,8 +34,8 @@ def test_export_registers_a_model_that_embeds_like_the_bundled_one(tmp_path: Pat
     assert (state / "models.toml").read_text().count("[models.minilm-fp32]") == 1
 
     texts = ["A man is playing a guitar.", "The stock market fell sharply today."]
-    fp32 = Embedder(exported, ["CPU"]).embed(texts)
-    int8 = Embedder(Registry.load(settings).get("all-minilm-l6-v2"), ["CPU"]).embed(texts)
+    fp32 = TextEmbeddingEngine(exported, ["CPU"]).embed(texts)
+    int8 = TextEmbeddingEngine(Registry.load(settings).get("all-minilm-l6-v2"), ["CPU"]).embed(texts)
     cosines = (fp32 * int8).sum(axis=1)
     assert fp32.shape == (2, 384) and np.all(cosines > 0.98), cosines  # same model, int8 vs fp32 weights
 

@@ -16,20 +16,20 @@ from typing import Any
 
 import pytest
 
-import worker.main
+import worker.engines
 from dispatcher.models import Registry
 from dispatcher.nodes import NPU_ROLE, Node
 from dispatcher.protocol import Heartbeat, Keys, MsgpackSerializer, unpack
 from dispatcher.settings import Settings
 from worker.heartbeat import queue_depths
 from worker.main import Worker
-from worker.pipelines import Embedder
-from worker.routes import Routes
+from worker.pipelines import TextEmbeddingEngine
+from worker.sources import Sources
 
 MODEL = "all-minilm-l6-v2"
 
 
-class SlowToRead(Embedder):
+class SlowToRead(TextEmbeddingEngine):
     """Constructing one hands out the one `reused` pipeline; its `device` takes half a millisecond to read."""
 
     reused: SlowToRead
@@ -64,9 +64,9 @@ def test_no_beat_is_lost_while_an_operator_loads_and_unloads_models(
     # (as any slow reader would), so a heartbeat iterating the loop's live model dict is still at it when
     # the loop changes it.
     reused = object.__new__(SlowToRead)
-    reused.__dict__.update(Embedder(Registry.load(s).get(MODEL), ["CPU"]).__dict__)
+    reused.__dict__.update(TextEmbeddingEngine(Registry.load(s).get(MODEL), ["CPU"]).__dict__)
     monkeypatch.setattr(SlowToRead, "reused", reused, raising=False)
-    monkeypatch.setattr(worker.main, "Embedder", SlowToRead)
+    monkeypatch.setitem(worker.engines.ENGINES, ("embedding", "text-embedding"), lambda spec, settings: SlowToRead())
     w = Worker(s, models=[MODEL])
     loop = threading.Thread(target=w.run, name="worker-loop")
     caplog.set_level(logging.INFO, logger="worker")
@@ -116,22 +116,57 @@ def test_queue_depths_sum_every_stream_and_queue_of_a_model(isolated: Settings) 
 
     r, keys = isolated.redis(), Keys(isolated.key_prefix)
 
-    class ThreeEach(Routes):
+    class ThreeEach(Sources):
         def streams(self, model: str) -> list[str]:
             return [keys.stream(model, "a"), keys.stream(model, "b"), keys.stream(model)]
 
         def queues(self, model: str) -> list[str]:
             return [keys.queue(model, "a"), keys.queue(model, "b"), keys.queue(model)]
 
-    routes = ThreeEach(keys, "a")
-    for i, stream in enumerate(routes.streams("m1")):
+    sources = ThreeEach(keys, "a")
+    for i, stream in enumerate(sources.streams("m1")):
         for _ in range(i + 1):
             r.xadd(stream, {"j": b"x"})
-    r.xadd(routes.streams("m2")[2], {"j": b"x"})
-    for i, name in enumerate(routes.queues("m2")):
+    r.xadd(sources.streams("m2")[2], {"j": b"x"})
+    for i, name in enumerate(sources.queues("m2")):
         queue = Queue(name, connection=r, serializer=MsgpackSerializer)
         for _ in range(i + 2):
             queue.enqueue("tests.jobs.exit_first_time", args=["unused"])
-    assert queue_depths(r, routes, ["m1", "m2"]) == {"m1": {"interactive": 6, "bulk": 0},
-                                                    "m2": {"interactive": 1, "bulk": 9}}
-    assert queue_depths(r, routes, []) == {}
+    assert queue_depths(r, sources, ["m1", "m2"]) == {"m1": {"interactive": 6, "bulk": 0},
+                                                     "m2": {"interactive": 1, "bulk": 9}}
+    assert queue_depths(r, sources, []) == {}
+
+
+def test_a_drained_worker_reports_only_the_depth_of_what_it_still_reads(isolated: Settings) -> None:
+    """With its node's role taken away, a worker reads only its node's own stream and queue: its heartbeat
+    must count those, not the shared lanes' backlog (which its peers serve), or routing and /health would
+    see a drained node loaded with work it will never take."""
+    from rq import Queue
+
+    s = isolated.model_copy(update={"heartbeat_interval_s": 0.05, "bulk_poll_ms": 10, "devices": "CPU"})
+    r, keys = s.redis(), Keys(s.key_prefix)
+    r.set(keys.node(s.node_id), Node(id=s.node_id, name=s.node_id, roles=[]).model_dump_json())  # drained
+    w = Worker(s, models=[MODEL])
+    loop = threading.Thread(target=w.run, name="worker-loop")
+    loop.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (w.sources.shared is False and w.heartbeat.draining):
+            assert time.monotonic() < deadline and loop.is_alive(), "the worker never applied the drain"
+            time.sleep(0.01)
+        for _ in range(5):  # the shared lanes' backlog, left to the peers
+            r.xadd(keys.stream(MODEL), {"j": b"not for a drained worker"})
+        queue = Queue(keys.queue(MODEL), connection=r, serializer=MsgpackSerializer)
+        queue.enqueue("tests.jobs.exit_first_time", args=["unused"])
+        beats_then = w.heartbeat.beats
+        while w.heartbeat.beats < beats_then + 2:
+            assert time.monotonic() < deadline and loop.is_alive(), "no beat after the backlog was queued"
+            time.sleep(0.01)
+        beat = Heartbeat.model_validate(unpack(r.get(keys.worker(w.worker_id)) or b""))
+        assert r.xlen(keys.stream(MODEL)) == 5  # the drained worker did not take them
+        assert beat.queue_depths == {MODEL: {"interactive": 0, "bulk": 0}} and beat.queue_depth == 0, beat
+        assert beat.utilization == 0
+    finally:
+        w.request_stop()
+        loop.join(timeout=30)
+    assert not loop.is_alive()

@@ -17,15 +17,15 @@ from dispatcher.models import Registry
 from dispatcher.settings import Settings
 from tests.conftest import WorkerProcess
 from worker import kvcache
-from worker.generation import Generated, Generator
+from worker.generation import ContinuousBatchingEngine, Generated
 
 MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def tiny(settings: Settings) -> Generator:
+def tiny(settings: Settings) -> ContinuousBatchingEngine:
     """A generator with a 1 MB cache: two blocks of 32 tokens."""
-    return Generator(Registry.load(settings).get(MODEL), ["CPU"], max_sequences=4, cache_mb=1)
+    return ContinuousBatchingEngine(Registry.load(settings).get(MODEL), ["CPU"], max_sequences=4, cache_mb=1)
 
 
 def test_default_is_computed_from_the_model_shape_and_the_admitted_work(settings: Settings) -> None:
@@ -40,12 +40,12 @@ def test_default_is_computed_from_the_model_shape_and_the_admitted_work(settings
     assert kvcache.plan(shape, "u8", 8, 3072, 64).source == "setting"
     assert kvcache.plan(shape, "u8", 8, 3072, 64).estimated_bytes <= 64 * 2**20
     # The registry's per-model size wins over NPU_KV_CACHE_MB.
-    sized = Generator(spec.model_copy(update={"kv_cache_mb": 2}), ["CPU"], max_sequences=2, cache_mb=64)
+    sized = ContinuousBatchingEngine(spec.model_copy(update={"kv_cache_mb": 2}), ["CPU"], max_sequences=2, cache_mb=64)
     assert sized.cache.source == "setting" and sized.cache.estimated_bytes <= 2 * 2**20
     assert sized.cache_state().configured_bytes == sized.cache.estimated_bytes
 
 
-def test_a_generation_larger_than_the_cache_is_refused_with_429(tiny: Generator) -> None:
+def test_a_generation_larger_than_the_cache_is_refused_with_429(tiny: ContinuousBatchingEngine) -> None:
     prompt = "Say hi."
     tokens = tiny.check(prompt)
     assert tokens < tiny.cache.tokens
@@ -59,7 +59,7 @@ def test_a_generation_larger_than_the_cache_is_refused_with_429(tiny: Generator)
     assert result.completion_tokens >= 1
 
 
-def test_generations_wait_for_cache_and_then_all_finish(tiny: Generator) -> None:
+def test_generations_wait_for_cache_and_then_all_finish(tiny: ContinuousBatchingEngine) -> None:
     """Each needs the whole cache: the second waits in the worker until the first ends, never crowding the engine."""
     prompt = "Name a colour."
     max_tokens = tiny.cache.tokens - tiny.check(prompt)
