@@ -14,7 +14,7 @@ from dispatcher.protocol import Heartbeat
 
 WIDE = 110
 """Columns from which `status` prints its full table; narrower terminals get one block per worker."""
-QUEUED = "queued i/b: jobs waiting in the interactive / bulk lane"
+QUEUED = "queued i/b: jobs waiting in the interactive / bulk lane; seen: age of the last heartbeat"
 
 
 def render(beats: list[Heartbeat], where: str, prefix: str, width: int, now: float | None = None) -> RenderableType:
@@ -45,11 +45,10 @@ def blocks(beats: list[Heartbeat], title: str, now: float) -> Text:
 
 
 def table(beats: list[Heartbeat], title: str, now: float) -> Table:
-    """One line per model a worker serves, so a model name and its device stay whole on one line; the
-    numbers are narrow and never wrap; the caption says what `queued i/b` counts."""
-    grid = Table(title=title, caption=QUEUED, caption_justify="left", pad_edge=False, collapse_padding=True)
-    grid.add_column("worker", overflow="fold")
-    grid.add_column("node", overflow="fold")
+    """One line per model a worker serves, so a model name and its device stay whole on one line (the
+    worker id names the node); the numbers never wrap; the caption says what `queued i/b` counts."""
+    grid = Table(title=title, caption=QUEUED, caption_justify="left", box=None, header_style="bold")
+    grid.add_column("worker", overflow="fold", ratio=1)
     grid.add_column("model (device)", no_wrap=True)
     for column in ("queued i/b", "running", "util %", "busy %", "jobs", "seen"):
         grid.add_column(column, justify="right", no_wrap=True)
@@ -58,12 +57,12 @@ def table(beats: list[Heartbeat], title: str, now: float) -> Table:
             depth = b.queue_depths.get(m, {})
             queued = f"{depth.get('interactive', 0)}/{depth.get('bulk', 0)}"
             if n == 0:
-                grid.add_row(b.worker_id, b.node_id, f"{m} ({d})", queued, str(b.running), f"{b.utilization:.0f}",
-                             f"{b.busy_fraction * 100:.0f}", str(_jobs(b)), f"{now - b.at:.1f}s ago")
+                grid.add_row(b.worker_id, f"{m} ({d})", queued, str(b.running), f"{b.utilization:.0f}",
+                             f"{b.busy_fraction * 100:.0f}", str(_jobs(b)), f"{now - b.at:.1f}s")
             else:
-                grid.add_row("", "", f"{m} ({d})", queued, "", "", "", "", "")
-    grid.add_section()
+                grid.add_row("", f"{m} ({d})", queued)
+    grid.add_row()
     for model, state in sorted(by_model(beats).items()):
-        grid.add_row(Text(model, style="bold"), "", f"{state.workers} worker(s) on {', '.join(sorted(state.devices))}",
-                     f"{state.interactive_depth}/{state.bulk_depth}", "", "", "", "", "")
+        grid.add_row(f"{state.workers} worker(s) on {', '.join(sorted(state.devices))}", Text(model, style="bold"),
+                     f"{state.interactive_depth}/{state.bulk_depth}")
     return grid
