@@ -15,14 +15,14 @@ class NoFacade(Exception):
 
 
 def base_url(settings: Settings, url: str | None = None) -> str:
-    """--url; else the facade a running `up` / `serve` announced in the state directory; else NPU_HOST /
-    NPU_PORT when either is set explicitly."""
+    """--url; else NPU_HOST / NPU_PORT when either is set explicitly; else the facade a running `up` (or a
+    lone `serve`) announced in the state directory."""
     if url:
         return url
-    if announced := announced_facade(settings):
-        return announced
     if {"host", "port"} & settings.model_fields_set:
         return facade_url(settings.host, settings.port)
+    if announced := announced_facade(settings):
+        return announced
     raise NoFacade(f"no facade: no `npu-worker up` or `serve` is running with state directory {settings.state_dir} "
                    "(start one, set NPU_STATE_DIR to its directory, or pass --url)")
 

@@ -21,7 +21,7 @@ from .redis_server import EmbeddedRedis, write_private
 REDIS_FILE = "redis.url"
 """The embedded Redis's URL, password included (0600); present only while `up` runs."""
 FACADE_FILE = "facade.url"
-"""The facade's base URL (0600), for `call`; present only while `up` or `serve` runs."""
+"""The facade's base URL (0600), for `call`; present only while `up` (or a lone `serve`) runs."""
 
 
 def _read(path: Path) -> str | None:
@@ -45,15 +45,23 @@ def facade_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def announce_facade(settings: Settings, url: str) -> None:
+def announce_facade(settings: Settings, url: str, replace: bool = True) -> bool:
+    """Write `facade.url`; with `replace=False` (a lone `serve`) only if no other facade announced itself
+    there. True when written."""
     from dispatcher.credentials import private_dir
 
     private_dir(settings.state_dir)
-    write_private(settings.state_dir / FACADE_FILE, url + "\n")
+    path = settings.state_dir / FACADE_FILE
+    if not replace and path.exists():
+        return False
+    write_private(path, url + "\n")
+    return True
 
 
-def withdraw_facade(settings: Settings) -> None:
-    (settings.state_dir / FACADE_FILE).unlink(missing_ok=True)
+def withdraw_facade(settings: Settings, url: str) -> None:
+    """Remove `facade.url` if it still names this facade (another may have announced itself since)."""
+    if announced_facade(settings) == url:
+        (settings.state_dir / FACADE_FILE).unlink(missing_ok=True)
 
 
 def forget_previous_run(client: redis.Redis, prefix: str) -> int:

@@ -73,11 +73,13 @@ def serve(
     check_port(host, port)
     check_redis(settings)
     _credentials(settings, host, port)
-    announce_facade(settings, facade_url(host, port))
+    url = facade_url(host, port)
+    announced = announce_facade(settings, url, replace=False)
     try:
         _run_facade(settings, host, port, api_workers)
     finally:
-        withdraw_facade(settings)
+        if announced:
+            withdraw_facade(settings, url)
 
 
 def _announce_ready(settings: Settings, host: str, port: int, timeout_s: float = 300) -> None:
@@ -132,7 +134,8 @@ def up(
         embedded, settings = start_embedded(settings)
         console.print(f"embedded redis at 127.0.0.1:{embedded.port}, password in {embedded.directory / 'password'} "
                       f"(URL in {settings.state_dir / 'redis.url'}; data in {embedded.directory})")
-    announce_facade(settings, facade_url(host, port))
+    url = facade_url(host, port)
+    announce_facade(settings, url)
     count = settings.workers if workers is None else workers
     supervisor = Supervisor(count, settings, say=console.print)
     supervisor.start()
@@ -150,7 +153,7 @@ def up(
         pass
     finally:
         supervisor.stop()
-        withdraw_facade(settings)
+        withdraw_facade(settings, url)
         if embedded:
             stop_embedded(settings, embedded)
 
