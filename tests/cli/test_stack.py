@@ -3,6 +3,7 @@ workers of the previous one."""
 
 from __future__ import annotations
 
+import stat
 import time
 from pathlib import Path
 
@@ -91,3 +92,23 @@ def test_a_new_run_forgets_the_previous_runs_workers(tmp_path: Path, settings: S
         client.close()
     finally:
         stop_embedded(second, embedded)
+
+
+def test_prepared_models_are_private(tmp_path: Path, settings: Settings) -> None:
+    """The README promises a 0700 state directory with 0600 files; models built by an older version (the
+    umask's 0755/0644) are tightened too."""
+    from worker.prepare import prepare_all
+
+    models = tmp_path / "models"
+    models.mkdir(mode=0o755)
+    for name in settings.model_copy().models_dir.iterdir():  # prepared once per machine: not rebuilt
+        if not name.name.startswith("."):
+            (models / name.name).symlink_to(name)
+    older = models / "exported-earlier"
+    older.mkdir(mode=0o755)
+    (older / "openvino_model.xml").write_text("<net/>")
+    (older / "openvino_model.xml").chmod(0o644)
+    prepare_all(settings.model_copy(update={"state_dir": tmp_path}))
+    assert stat.S_IMODE(models.stat().st_mode) == 0o700
+    assert stat.S_IMODE(older.stat().st_mode) == 0o700
+    assert stat.S_IMODE((older / "openvino_model.xml").stat().st_mode) == 0o600
