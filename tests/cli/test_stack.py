@@ -3,10 +3,15 @@ workers of the previous one."""
 
 from __future__ import annotations
 
+import os
+import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -14,10 +19,10 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from dispatcher.protocol import Keys, pack
 from dispatcher.settings import Settings
-from npu_worker.redis_server import EmbeddedRedis
+from npu_worker.redis_server import EmbeddedRedis, free_port
 from npu_worker.stack import REDIS_FILE, start_embedded, stop_embedded
 from tests.cli.test_status import beat
-from tests.conftest import signed
+from tests.conftest import ROOT, signed
 
 MODEL = "all-minilm-l6-v2"
 
@@ -112,3 +117,40 @@ def test_prepared_models_are_private(tmp_path: Path, settings: Settings) -> None
     assert stat.S_IMODE(models.stat().st_mode) == 0o700
     assert stat.S_IMODE(older.stat().st_mode) == 0o700
     assert stat.S_IMODE((older / "openvino_model.xml").stat().st_mode) == 0o600
+
+
+def test_up_after_an_unclean_stop_is_not_ready_from_the_old_runs_heartbeats(tmp_path: Path,
+                                                                               settings: Settings) -> None:
+    """The embedded Redis's data as a run killed with its workers leaves it: heartbeats still valid. A new
+    `up` (no workers here, so nothing can be ready) must not answer `/readyz` 200 from them."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "models").symlink_to(settings.models_dir)
+    with EmbeddedRedis(state / "redis") as previous:  # persisted, as up runs it
+        client = redis.Redis.from_url(previous.url)
+        for model in ("all-minilm-l6-v2", "smollm2-135m-instruct"):
+            b = beat(999999, {model: "cpu"})
+            b = b.model_copy(update={"worker_id": f"{b.worker_id}-{model}"})
+            client.set(Keys("npu").worker(b.worker_id), pack(b), px=60_000)
+            client.zadd(Keys("npu").workers, {b.worker_id: time.time() + 60})
+            client.zadd(Keys("npu").live(model), {b.worker_id: time.time() + 60})
+        client.close()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_") and k != "REDIS_URL"}
+    env.update({"NPU_STATE_DIR": str(state), "NPU_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)})
+    up = subprocess.Popen([sys.executable, "-m", "npu_worker", "up", "--port", str(port), "--workers", "0"],
+                          env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert up.poll() is None and time.monotonic() < deadline
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert ready.status_code == 503, ready.text
+        assert {m["workers"] for m in ready.json()["models"].values()} == {0}
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0
