@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
@@ -124,6 +125,12 @@ def install(app: FastAPI) -> None:
         except ValueError:
             code = "http_error"
         return error_response(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RedisOutOfMemoryError)
+    async def redis_full(request: Request, exc: Exception) -> Response:
+        log.warning("redis full: %s", exc)
+        return error_response(request, 503, ErrorCode.REDIS_FULL, "the job store is full (its maxmemory); retry "
+                              "once the queues drain", headers={"Retry-After": "2"})
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

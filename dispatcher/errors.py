@@ -38,6 +38,8 @@ class ErrorCode(str, Enum):
     """A generation needs more KV cache (prompt + max_tokens) than the worker has for the model."""
     UNAVAILABLE = "unavailable"
     REDIS_UNAVAILABLE = "redis_unavailable"
+    REDIS_FULL = "redis_full"
+    """Redis reached its `maxmemory` and refuses new jobs (nothing is evicted): retry once the queues drain."""
     # a worker took the job and it failed
     JOB_FAILED = "job_failed"
     INFERENCE_FAILED = "inference_failed"

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # --- Where things live
     state_dir: Path = Field(Path.home() / ".local" / "share" / "npu-worker",
                             description="Prepared models, embedded Redis data, generated credentials.")
+    redis_maxmemory_mb: int = Field(1024, ge=0, description="Memory bound of the embedded Redis (0: none); when "
+                                    "it is reached, writes are refused (503 `redis_full`), nothing is evicted.")
     models_file: Path | None = Field(None, description="Extra model registry (TOML) merged over the bundled one.")
 
     # --- Worker
