@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,8 +61,10 @@ def call(
 def bench(args: Annotated[list[str] | None, typer.Argument(help="Options for scripts/bench.py.")] = None) -> None:
     """Run the side-by-side benchmark, scripts/bench.py. Source checkout only: the script, its peers and its
     corpus are not installed with the package."""
-    script = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
-    if not script.exists():
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "scripts" / "bench.py").exists():
         console.print("[red]scripts/bench.py is not here: the benchmark runs from a source checkout")
         raise typer.Exit(2)
-    raise typer.Exit(subprocess.call([sys.executable, str(script), *(args or [])]))
+    # A module of the checkout's `scripts` package, run from the caller's directory (relative --json paths).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "scripts.bench", *(args or [])], env=env))
