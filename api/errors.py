@@ -123,7 +123,8 @@ def install(app: FastAPI) -> None:
             code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         except ValueError:
             code = "http_error"
-        return error_response(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return error_response(request, exc.status_code, code, str(exc.detail),
+                              headers=dict(exc.headers) if exc.headers else None)
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

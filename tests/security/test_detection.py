@@ -20,12 +20,21 @@ from tests.conftest import ADMIN_TOKEN
 from .helpers import app, bearer
 
 
+HEALTH = {"status": "healthy", "redis": "ok", "workers": 1, "max_concurrent": 1, "memory_gb": 8.0,
+          "utilization": 0.0, "device_type": "CPU", "loaded_models": ["m"], "missing_models": [], "queue_depth": 0,
+          "cloud_fallback": False}
+MODELS = {"available": ["m"], "loaded_models": ["m"], "models": []}
+"""A facade's answers, as our own /health and /models give them."""
+
+
 class Hostile:
     """A "node" that records the headers it is sent; answers like a facade, or with a page of HTML."""
 
     def __init__(self) -> None:
         self.seen: list[dict[str, str]] = []
         self.html = False
+        self.health: dict[str, Any] = {}
+        """Fields of its /health answer that differ from a facade's."""
         recorder = FastAPI()
 
         @recorder.get("/{path:path}")
@@ -33,7 +42,7 @@ class Hostile:
             self.seen.append(dict(request.headers))
             if self.html:
                 return HTMLResponse("<html><script>alert(1)</script>" + "x" * 5000 + "</html>", status_code=500)
-            return JSONResponse({"status": "healthy", "available": ["m"], "max_concurrent": 1})
+            return JSONResponse({**HEALTH, **self.health} if request.url.path == "/health" else MODELS)
 
         self.server = ThreadedServer(recorder).start()
 
