@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,7 +44,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
     headers may take (`api/server.py`)."""
     trusted = settings.trusted_proxies
     return {"proxy_headers": bool(trusted), "forwarded_allow_ips": ",".join(trusted) if trusted else None,
-            "server_header": False, "http": HeaderDeadlineProtocol}
+            "server_header": False,
+            # a partial, not a subclass made here: uvicorn's worker processes receive it pickled
+            "http": functools.partial(HeaderDeadlineProtocol, header_timeout_s=settings.header_timeout_s)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -46,9 +46,11 @@ class ServedHosts:
     def accepted(self, scope: Mapping[str, Any]) -> frozenset[str]:
         if self.configured:
             return self.configured
-        server = scope.get("server")
-        bound_host, port = (str(server[0]), int(server[1])) if server else ("", self.default_port)
-        return self._served(bound_host, port)
+        server = scope.get("server")  # (host, port) the connection came in on; the port is None on an ASGI
+        bound_host, port = (str(server[0]), server[1]) if server else ("", self.default_port)  # transport
+        if port is None:
+            port = 443 if scope.get("scheme") == "https" else 80
+        return self._served(bound_host, int(port))
 
     @lru_cache(maxsize=16)  # noqa: B019 (one instance per app, a handful of bound addresses)
     def _served(self, bound_host: str, port: int) -> frozenset[str]:

@@ -25,12 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class HeaderDeadlineProtocol(_Protocol):
-    header_timeout_s: float | None = None
-    """None: NPU_HEADER_TIMEOUT_S (read in the serving process, which may be one of several)."""
+    """`header_timeout_s` None: NPU_HEADER_TIMEOUT_S, read in the serving process (one of several, maybe)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, header_timeout_s: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._timeout = self.header_timeout_s or get_settings().header_timeout_s
+        self._timeout = header_timeout_s or get_settings().header_timeout_s
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_after: Any = None
 
