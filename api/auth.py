@@ -20,6 +20,11 @@ so every router is built with `route_class=AuthenticatedRoute`, which runs the r
 (the same ones it declares as dependencies, found in its dependency tree: no path list) before anything
 reads the body. A stranger hears 401 without a byte of the body read or parsed; a caller who may call the
 route then has its body read, capped as it streams in (`api/middleware.py`, 413).
+
+A v2 signature covers the body, so its check must read it; everything else is checked first (format,
+window, host, a known service, a nonce not yet spent), so made-up headers are refused unread. The body is
+then hashed as it streams and kept only up to the cap; past it, only hashed: a caller whose signature does
+not verify hears 401 whatever the size, and only a verified one hears 413 (a stranger never learns the cap).
 """
 
 from __future__ import annotations

@@ -14,15 +14,16 @@ nonce):
 function, so one raw path routes to one path, and no two raw paths share a signature. `host` is the Host
 header as sent, lowercased (`facade.example:8081`): like AWS SigV4, a signature made for one server is
 refused by another, so a request signed to a node that turned out hostile cannot be replayed against
-ours (a proxy in front of a facade must pass Host through). `timestamp` is the X-Service-Timestamp header
-exactly as sent (integer unix seconds); `canonical_query` is the query's name=value pairs sorted by
-name, the values of a repeated name in the order sent (`?role=a&role=b` and `?role=b&role=a` are
-different requests: a route reading one value reads the last), percent-encoded (RFC 3986 unreserved
-characters left as they are), empty when there is none. (Until round 3 repeated values were sorted too;
-a client of that time signs the same message whenever it sends a repeated name's values in sorted
-order, and every other query alike.) A request
-that carries X-Service-Nonce is a v2 request. The "v2:" prefix keeps a v2 signature from ever verifying
-as v1, so stripping the nonce header cannot downgrade a request.
+ours (a proxy in front of a facade must pass Host through). A facade accepts the names it serves as
+(`api/hosts.py`; NPU_AUTH_HOSTS to name others), so this holds by default. `timestamp` is the
+X-Service-Timestamp header exactly as sent (integer unix seconds); `canonical_query` is the query's
+name=value pairs sorted by name, the values of a repeated name in the order sent (`?role=a&role=b` and
+`?role=b&role=a` are different requests: a route reading one value reads the last), percent-encoded (RFC
+3986 unreserved characters left as they are), empty when there is none. (Earlier releases sorted repeated values
+too; a client of theirs signs the same message whenever it sends a repeated name's values
+in sorted order, and every other query alike.) A request that carries X-Service-Nonce is a v2 request.
+The "v2:" prefix keeps a v2 signature from ever verifying as v1, so stripping the nonce header cannot
+downgrade a request.
 
 v1 binds neither host, query, body nor a nonce: a v1 request seen by anyone (a log, a proxy, a node it
 was sent to) can be replayed, to any facade that trusts the key, until its timestamp leaves the window.
