@@ -12,8 +12,10 @@ from pydantic import BaseModel, Field
 INT32 = 2**31 - 1
 """Largest count a report may carry: far beyond any node, and within what every encoder takes."""
 
-ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/@+-]+$")]
-DeviceType = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._:-]+$")]
+ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^<>\"'&\x00-\x1f\x7f]+$")]
+"""Any name a registry may give (a TOML key), but no markup and no control characters."""
+DeviceType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:,()-]+$")]
+"""An OpenVINO device name: `NPU`, `GPU.1`, `HETERO:GPU,CPU`."""
 Count = Annotated[int, Field(ge=0, le=INT32)]
 
 
