@@ -168,5 +168,5 @@ def _run_facade(settings: Settings, host: str, port: int, api_workers: int | Non
 
     count = settings.api_workers if api_workers is None else api_workers
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=count if count > 1 else None,
-                loop="auto", http="auto", log_level=settings.log_level.lower(), access_log=False, log_config=None,
+                loop="auto", log_level=settings.log_level.lower(), access_log=False, log_config=None,
                 **server_options(settings))
