@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from dispatcher.client import AsyncDispatcher
 from dispatcher.fleet import Fleet
-from dispatcher.settings import Settings, get_settings
+from dispatcher.settings import FacadeSettings
 
 from . import errors
 from .auth import Authenticator
@@ -52,7 +52,7 @@ async def _sample_history(fleet: Fleet) -> None:
         await asyncio.sleep(fleet.settings.history_interval_s)
 
 
-def server_options(settings: Settings) -> dict[str, Any]:
+def server_options(settings: FacadeSettings) -> dict[str, Any]:
     """uvicorn options every way of serving the facade passes: X-Forwarded-For (the caller's address in
     logs) is believed only from NPU_TRUSTED_PROXIES; uvicorn's own default trusts 127.0.0.1, which would
     let any local process write the address our logs report. The protocol bounds the time a request's
@@ -64,8 +64,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
             "http": functools.partial(HeaderDeadlineProtocol, header_timeout_s=settings.header_timeout_s)}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: FacadeSettings | None = None) -> FastAPI:
+    settings = settings or FacadeSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -44,7 +44,7 @@ from dispatcher.credentials import accepted
 from dispatcher.errors import ErrorCode, ForbiddenError, InputTooLargeError, UnauthorizedError
 from dispatcher.limits import check_json_text
 from dispatcher.protocol import Keys
-from dispatcher.settings import Settings
+from dispatcher.settings import FacadeSettings
 from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, raw_path, verify, verify_headers
 
 from .hosts import ServedHosts
@@ -77,7 +77,7 @@ def _digest(token: str) -> bytes:
 class Authenticator:
     """One per app: the accepted keys and tokens, read once when the app is built (a bad set fails then)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: FacadeSettings):
         self.accepted = accepted(settings)
         self.window_s = settings.auth_window_s
         self.require_v2 = settings.auth_require_v2

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from dispatcher.settings import Settings
+from dispatcher.settings import FacadeSettings
 
 _LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 _WILDCARD = ("", "0.0.0.0", "::")
@@ -34,7 +34,7 @@ def _name(host: str) -> str:
 class ServedHosts:
     """The accepted Host values: NPU_AUTH_HOSTS as given, or this facade's own names (see the module)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: FacadeSettings):
         self.configured = frozenset(h.lower() for h in settings.auth_hosts)
         names = {*_LOOPBACK, _name(socket.gethostname())}
         if settings.host not in _WILDCARD:

@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 
 from dispatcher.limits import Limits
 from dispatcher.models import Registry
-from dispatcher.settings import Settings
+from dispatcher.settings import FacadeSettings
 
 
 def _bound(prop: dict[str, Any], limits: dict[str, Any]) -> None:
@@ -66,7 +66,7 @@ def apply_limits(schema: dict[str, Any], limits: Limits, dims: list[int]) -> Non
     _generation(chat, limits, ("max_tokens", "max_completion_tokens"))
 
 
-def document_limits(app: FastAPI, settings: Settings) -> None:
+def document_limits(app: FastAPI, settings: FacadeSettings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema

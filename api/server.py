@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.settings import get_settings
+from dispatcher.settings import FacadeSettings
 
 if TYPE_CHECKING:
     from uvicorn.protocols.http.h11_impl import H11Protocol as _Protocol
@@ -29,7 +29,7 @@ class HeaderDeadlineProtocol(_Protocol):
 
     def __init__(self, *args: Any, header_timeout_s: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._timeout = header_timeout_s or get_settings().header_timeout_s
+        self._timeout = header_timeout_s or FacadeSettings().header_timeout_s
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_after: Any = None
 

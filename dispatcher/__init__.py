@@ -25,14 +25,15 @@ from .errors import (
 )
 from .protocol import Prompt
 from .results import EmbedResult, GenerateResult, StreamChunk
-from .settings import Settings, get_settings
+from .settings import CallerSettings, FacadeSettings, RedisSettings, Settings, WorkerSettings, get_settings
 from .signing import AsyncServiceHTTPClient, ServiceHTTPClient
 
 __all__ = [
-    "AsyncDispatcher", "AsyncServiceHTTPClient", "Dispatcher", "EmbedResult", "GenerateResult", "InputTooLargeError",
-    "InvalidInputError", "JobFailedError", "ModelNotFoundError", "NPUError", "NPUUnavailableError", "OverloadedError",
-    "ServiceHTTPClient", "Settings", "StreamChunk", "WorkerLostError", "aembed", "agenerate", "embed", "generate",
-    "get_settings", "submit_embed", "submit_generate",
+    "AsyncDispatcher", "AsyncServiceHTTPClient", "CallerSettings", "Dispatcher", "EmbedResult", "FacadeSettings",
+    "GenerateResult", "InputTooLargeError", "InvalidInputError", "JobFailedError", "ModelNotFoundError", "NPUError",
+    "NPUUnavailableError", "OverloadedError", "RedisSettings", "ServiceHTTPClient", "Settings", "StreamChunk",
+    "WorkerLostError", "WorkerSettings", "aembed", "agenerate", "embed", "generate", "get_settings", "submit_embed",
+    "submit_generate",
 ]
 
 

@@ -48,7 +48,7 @@ from .protocol import MsgpackSerializer, Prompt, Reply, new_id, pack, read_reply
 from .results import EmbedResult, GenerateResult, StreamChunk
 from .routing import Calls, FleetRead, FleetSnapshot
 from .sender import Sender
-from .settings import WAIT_SLICE_S, Settings, get_settings
+from .settings import WAIT_SLICE_S, CallerSettings
 
 __all__ = ["AsyncDispatcher", "Dispatcher", "EmbedResult", "GenerateResult", "StreamChunk"]
 
@@ -58,8 +58,8 @@ R = TypeVar("R")
 class _Driver:
     """What both drivers share: the policy, and the checks callers may run before submitting."""
 
-    def __init__(self, settings: Settings | None, registry: Registry | None):
-        self.policy = DispatchPolicy(settings or get_settings(), registry)
+    def __init__(self, settings: CallerSettings | None, registry: Registry | None):
+        self.policy = DispatchPolicy(settings or CallerSettings(), registry)
         self.settings, self.registry, self.keys = self.policy.settings, self.policy.registry, self.policy.keys
         self.cloud = self.policy.cloud
 
@@ -73,7 +73,7 @@ class _Driver:
 class Dispatcher(_Driver):
     """Blocking dispatcher for synchronous backends."""
 
-    def __init__(self, settings: Settings | None = None, registry: Registry | None = None,
+    def __init__(self, settings: CallerSettings | None = None, registry: Registry | None = None,
                  redis_client: redis.Redis | None = None):
         super().__init__(settings, registry)
         self.redis = redis_client or self.settings.redis()
@@ -208,7 +208,7 @@ class Dispatcher(_Driver):
 class AsyncDispatcher(_Driver):
     """asyncio dispatcher: the facade's, and any async backend's. Waiting holds a socket, not a thread."""
 
-    def __init__(self, settings: Settings | None = None, registry: Registry | None = None,
+    def __init__(self, settings: CallerSettings | None = None, registry: Registry | None = None,
                  redis_client: aredis.Redis | None = None):
         super().__init__(settings, registry)
         self.redis = redis_client or self.settings.aredis()

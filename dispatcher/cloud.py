@@ -15,11 +15,11 @@ import numpy as np
 from .errors import NPUUnavailableError
 from .models import ModelSpec
 from .protocol import Prompt, as_messages
-from .settings import Settings
+from .settings import CallerSettings
 
 
 class CloudAPI:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: CallerSettings):
         self.base_url = (settings.cloud_base_url or "").rstrip("/")
         self.timeout_s = settings.cloud_timeout_s
         self.headers = {"Authorization": f"Bearer {settings.cloud_api_key}"} if settings.cloud_api_key else {}

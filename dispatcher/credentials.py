@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from .errors import AuthConfigError
-from .settings import Settings
+from .settings import FacadeSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,11 @@ class Accepted:
                 f"{len(self.app_keys)} app key(s), from {self.source}")
 
 
-def credentials_path(settings: Settings) -> Path:
+def credentials_path(settings: FacadeSettings) -> Path:
     return settings.state_dir / FILE_NAME
 
 
-def configured(settings: Settings) -> bool:
+def configured(settings: FacadeSettings) -> bool:
     """Whether the operator configured any accepted credential (then nothing is generated or read)."""
     return bool(settings.service_keys or settings.service_keys_file or settings.admin_tokens
                 or settings.viewer_tokens or settings.api_keys)
@@ -88,7 +88,7 @@ def _read_generated(path: Path) -> dict[str, str]:
     return {k: str(v) for k, v in data.items()}
 
 
-def ensure_generated(settings: Settings) -> Path | None:
+def ensure_generated(settings: FacadeSettings) -> Path | None:
     """With nothing configured, create the local set once and reuse it on later starts.
 
     Written to a private temporary file and hard-linked into place, so a concurrent start never sees a
@@ -132,7 +132,7 @@ def _write(path: Path, data: dict[str, str], replace: bool = False) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def accepted(settings: Settings) -> Accepted:
+def accepted(settings: FacadeSettings) -> Accepted:
     """The credentials a facade built from these settings accepts; raises if there are none at all."""
     if not configured(settings):
         path = credentials_path(settings)
@@ -159,7 +159,7 @@ def accepted(settings: Settings) -> Accepted:
     return Accepted(keys, admin, viewer, "settings", apps)
 
 
-def outbound_identity(settings: Settings) -> tuple[str, str]:
+def outbound_identity(settings: FacadeSettings) -> tuple[str, str]:
     """Service id and key this process signs with: NPU_SERVICE_ID / NPU_SERVICE_KEY, else (only when
     nothing is configured) the generated local set; never an empty key."""
     key = settings.service_key.get_secret_value() if settings.service_key else ""

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from .errors import AuthConfigError, echo
 from .nodes import Detection, Node
 from .reports import HealthResponse, ModelsResponse
-from .settings import Settings
+from .settings import FacadeSettings
 from .signing import AsyncServiceHTTPClient
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class _Refused(Exception):
     """The node answered, but not with a report: the reason is ours (status and route), not its text."""
 
 
-async def _probe(node: Node, settings: Settings) -> dict[str, Any]:
+async def _probe(node: Node, settings: FacadeSettings) -> dict[str, Any]:
     if node.legacy_signing:
         log.warning("probing node %s with v1 signatures (legacy_signing): the headers it receives verify at "
                     "any facade that trusts this key, for NPU_AUTH_WINDOW_S (%d s)", node.id, settings.auth_window_s)
@@ -84,7 +84,7 @@ def _reason(exc: BaseException) -> str:
     return f"unreachable ({type(exc).__name__})"
 
 
-async def detect(node: Node, settings: Settings) -> Node:
+async def detect(node: Node, settings: FacadeSettings) -> Node:
     """Probe the node's `/health` and `/models`; the outcome is written into the returned node."""
     now = time.time()
     if not node.address:

@@ -19,7 +19,7 @@ from .errors import ConflictError, ErrorCode, InvalidInputError, NotFoundError
 from .models import Registry
 from .nodes import NPU_ROLE, LoadBalancing, Node, NodeStore
 from .protocol import Heartbeat, Keys, unpack, utilization
-from .settings import Settings
+from .settings import FacadeSettings
 
 RQ_QUEUE_PREFIX = "rq:queue:"
 """What RQ puts before a queue's name to make its list key (`rq.Queue.redis_queue_namespace_prefix`)."""
@@ -112,7 +112,7 @@ def node_id_from(name: str) -> str:
 class Fleet:
     """The fleet over one async Redis client: what the facade's fleet routes, `/health` and the CLI ask."""
 
-    def __init__(self, r: aredis.Redis, keys: Keys, settings: Settings, registry: Registry):
+    def __init__(self, r: aredis.Redis, keys: Keys, settings: FacadeSettings, registry: Registry):
         self.r, self.keys, self.settings, self.registry = r, keys, settings, registry
         self.store = NodeStore(r, keys)
 

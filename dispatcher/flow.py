@@ -77,7 +77,7 @@ from .protocol import (
 )
 from .results import EmbedResult, GenerateResult, StreamChunk
 from .routing import FleetSnapshot, Router
-from .settings import WAIT_SLICE_S, Settings
+from .settings import WAIT_SLICE_S, CallerSettings
 
 ROUTE_CACHE_S = 0.5
 """How long a positive liveness answer (and the backlog read with it) is trusted, so a busy caller does
@@ -136,7 +136,7 @@ class DispatchPolicy:
     """The dispatch policy and the state it keeps between calls (settings, registry, fleet cache, router):
     each public method returns the flow of one call."""
 
-    def __init__(self, settings: Settings, registry: Registry | None = None, clock: Clock | None = None):
+    def __init__(self, settings: CallerSettings, registry: Registry | None = None, clock: Clock | None = None):
         self.settings = settings
         self.registry = registry or Registry.load(settings)
         self.clock: Clock = clock or SystemClock()

@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 from .errors import ErrorCode, InputTooLargeError, InvalidInputError
 from .protocol import Prompt
-from .settings import Settings
+from .settings import CallerSettings
 
 NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
 """A character that makes a text or prompt non-blank: not whitespace, nor a byte-order mark. Written so
@@ -96,7 +96,7 @@ class Limits:
     max_new_tokens: int
 
     @classmethod
-    def of(cls, settings: Settings) -> Limits:
+    def of(cls, settings: CallerSettings) -> Limits:
         return cls(max_texts=settings.max_texts, max_text_chars=settings.max_text_chars,
                    max_prompt_chars=settings.max_prompt_chars, max_messages=settings.max_messages,
                    max_new_tokens=settings.max_new_tokens)

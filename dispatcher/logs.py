@@ -17,7 +17,7 @@ import re
 import time
 from typing import Any
 
-from .settings import Settings
+from .settings import CommonSettings
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 access: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("access", default=None)
@@ -62,7 +62,7 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure(settings: Settings) -> None:
+def configure(settings: CommonSettings) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
     if settings.log_json:

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .errors import ModelNotFoundError
-from .settings import Settings
+from .settings import CommonSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,7 +42,7 @@ class Registry:
         self.specs = specs
 
     @classmethod
-    def load(cls, settings: Settings) -> Registry:
+    def load(cls, settings: CommonSettings) -> Registry:
         raw = tomllib.loads(resources.files("dispatcher").joinpath("models.toml").read_text())["models"]
         # The user's registry: NPU_MODELS_FILE, else the state directory's models.toml (where export writes).
         extra = settings.models_file or settings.state_dir / "models.toml"

@@ -1,14 +1,14 @@
 """Settings for RQ's own command-line tools (`rq info -c dispatcher.rq_settings`), read from the same
 environment as every other process: the Sentinel deployment when `NPU_REDIS_SENTINELS` is set (RQ
-asks the sentinels for the master), else the Redis `Settings.redis_address` names."""
+asks the sentinels for the master), else the Redis `RedisSettings.redis_address` names."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .settings import Settings
+from .settings import RedisSettings
 
-_settings = Settings()
+_settings = RedisSettings()
 
 if _settings.redis_sentinels:
     _data: dict[str, Any] = _settings._data_options()

@@ -47,7 +47,7 @@ from pydantic import SecretStr
 
 from .credentials import outbound_identity
 from .errors import AuthConfigError, UnauthorizedError
-from .settings import Settings, get_settings
+from .settings import FacadeSettings
 
 HEADER_ID = "X-Service-ID"
 HEADER_SIGNATURE = "X-Service-Signature"
@@ -212,11 +212,11 @@ class _Signing:
     service_auth: ServiceAuth
 
     def __init__(self, service_id: str | None = None, key: str | SecretStr | None = None, *, v2: bool = True,
-                 settings: Settings | None = None, **kwargs: Any):
+                 settings: FacadeSettings | None = None, **kwargs: Any):
         if "auth" in kwargs:
             raise TypeError("a service client signs every request itself; it takes no auth=")
         if service_id is None and key is None:
-            service_id, key = outbound_identity(settings or get_settings())
+            service_id, key = outbound_identity(settings or FacadeSettings())
         self.service_auth = ServiceAuth(service_id or "", key or "", v2=v2)
         super().__init__(auth=self.service_auth, **kwargs)  # type: ignore[call-arg]
 

@@ -27,7 +27,7 @@ from rq.utils import now
 
 from dispatcher.errors import InvalidInputError
 from dispatcher.protocol import EMBED_TASK, GENERATE_TASK, MsgpackSerializer
-from dispatcher.settings import Settings
+from dispatcher.settings import WorkerSettings
 
 from .batch import Embedded, Texts, embed_batch
 from .engines import EmbeddingEngine, Engine, GenerationEngine
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 
 class BulkLane:
-    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats,
+    def __init__(self, settings: WorkerSettings, r: redis.Redis, worker_id: str, served: Served, stats: Stats,
                  sources: Sources, in_flight: InFlight):
         self.settings, self.redis, self.stats = settings, r, stats
         self.served, self.sources, self.in_flight = served, sources, in_flight

@@ -15,7 +15,7 @@ import numpy as np
 
 from dispatcher.models import ModelSpec
 from dispatcher.protocol import KVCache, Prompt
-from dispatcher.settings import Settings
+from dispatcher.settings import WorkerSettings
 
 from .devices import parse_chain
 from .generation import ContinuousBatchingEngine, Generated
@@ -82,20 +82,20 @@ class GenerationEngine(Protocol):
 
 
 Engine = EmbeddingEngine | GenerationEngine
-Build = Callable[[ModelSpec, Settings], Engine]
+Build = Callable[[ModelSpec, WorkerSettings], Engine]
 
 
-def default_max_tokens(s: Settings) -> int:
+def default_max_tokens(s: WorkerSettings) -> int:
     """max_tokens of a generation job that does not say: the dispatcher's default, so both lanes agree."""
     return min(s.default_new_tokens, s.max_new_tokens)
 
 
-def _text_embedding(spec: ModelSpec, s: Settings) -> Engine:
+def _text_embedding(spec: ModelSpec, s: WorkerSettings) -> Engine:
     return TextEmbeddingEngine(spec, parse_chain(s.devices), s.inference_threads, s.embed_one_pass, s.batch_max,
                                PADDED_TOKENS)
 
 
-def _continuous_batching(spec: ModelSpec, s: Settings) -> Engine:
+def _continuous_batching(spec: ModelSpec, s: WorkerSettings) -> Engine:
     return ContinuousBatchingEngine(spec, parse_chain(s.devices), s.max_generations, s.inference_threads,
                                     default_max_tokens(s), s.max_new_tokens, s.kv_cache_mb)
 
@@ -109,7 +109,7 @@ DEFAULT_ENGINE: dict[str, str] = {"embedding": "text-embedding", "generation": "
 """The engine a model of each task gets unless it names one."""
 
 
-def build(spec: ModelSpec, settings: Settings, name: str | None = None) -> Engine:
+def build(spec: ModelSpec, settings: WorkerSettings, name: str | None = None) -> Engine:
     """The engine for `spec`'s task (`name`, or the task's default), compiled on the first device of the
     chain that takes it."""
     name = name or DEFAULT_ENGINE.get(spec.task, "")

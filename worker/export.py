@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from dispatcher.models import ModelSpec, Registry
-from dispatcher.settings import Settings
+from dispatcher.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 Task = Literal["feature-extraction", "text-generation"]
@@ -47,11 +47,11 @@ def describe(name: str, task: Task, model_dir: Path, source_dir: Path | None) ->
             "normalize": normalize, "max_input_tokens": max_tokens}
 
 
-def registry_file(settings: Settings) -> Path:
+def registry_file(settings: WorkerSettings) -> Path:
     return settings.models_file or settings.state_dir / "models.toml"
 
 
-def register(settings: Settings, name: str, fields: dict[str, object]) -> Path:
+def register(settings: WorkerSettings, name: str, fields: dict[str, object]) -> Path:
     """Add or replace one `[models.<name>]` table. TOML written by hand: flat scalars only, JSON-quoted
     strings are valid TOML basic strings."""
     path = registry_file(settings)
@@ -69,7 +69,7 @@ def register(settings: Settings, name: str, fields: dict[str, object]) -> Path:
     return path
 
 
-def export(settings: Settings, source: str, task: Task, name: str, force: bool = False) -> ModelSpec:
+def export(settings: WorkerSettings, source: str, task: Task, name: str, force: bool = False) -> ModelSpec:
     try:
         from optimum.exporters.openvino import main_export
     except ImportError as exc:

@@ -28,7 +28,7 @@ import openvino_genai as og
 from dispatcher.errors import CacheFullError, ErrorCode, InvalidInputError
 from dispatcher.models import ModelSpec
 from dispatcher.protocol import KVCache, Prompt, as_messages
-from dispatcher.settings import Settings
+from dispatcher.settings import CommonSettings
 
 from . import kvcache
 from .chat import ChatEncoder
@@ -91,8 +91,8 @@ class ContinuousBatchingEngine:
     task: Literal["generation"] = "generation"
 
     def __init__(self, spec: ModelSpec, chain: list[str], max_sequences: int = 8, threads: int = 0,
-                 default_max_tokens: int = Settings.model_fields["default_new_tokens"].default,
-                 max_new_tokens: int = Settings.model_fields["max_new_tokens"].default,
+                 default_max_tokens: int = CommonSettings.model_fields["default_new_tokens"].default,
+                 max_new_tokens: int = CommonSettings.model_fields["max_new_tokens"].default,
                  cache_mb: int | None = None):
         """`default_max_tokens`: for a job that does not say (the dispatcher always does; a backend's plain
         `Queue.enqueue` may not); `threads` as for `TextEmbeddingEngine` (NPU_INFERENCE_THREADS); `cache_mb`:

@@ -23,7 +23,7 @@ from rq.queue import Queue
 
 from dispatcher.nodes import NPU_ROLE, read_node
 from dispatcher.protocol import Heartbeat, Keys, memory_gb, pack, utilization
-from dispatcher.settings import DEAD_WORKER_MEMORY_S, Settings
+from dispatcher.settings import DEAD_WORKER_MEMORY_S, WorkerSettings
 
 from .served import Served
 from .sources import Sources
@@ -52,7 +52,7 @@ def queue_depths(r: redis.Redis, sources: Sources, models: list[str]) -> dict[st
 
 
 class HeartbeatThread(threading.Thread):
-    def __init__(self, settings: Settings, worker_id: str, served: Served, stats: Stats, sources: Sources,
+    def __init__(self, settings: WorkerSettings, worker_id: str, served: Served, stats: Stats, sources: Sources,
                  on_beat: Callable[[], None] | None = None):
         super().__init__(name="heartbeat", daemon=True)
         self.settings, self.worker_id, self.served, self.stats = settings, worker_id, served, stats

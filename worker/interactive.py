@@ -35,7 +35,7 @@ from dispatcher.protocol import (
     pack,
     unpack,
 )
-from dispatcher.settings import Settings
+from dispatcher.settings import WorkerSettings
 
 from .batch import Embedded, Texts, embed_batch
 from .clock import RedisClock, entry_ms
@@ -76,7 +76,7 @@ class _Plan:
 
 
 class InteractiveLane:
-    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, served: Served, stats: Stats,
+    def __init__(self, settings: WorkerSettings, r: redis.Redis, worker_id: str, served: Served, stats: Stats,
                  clock: RedisClock, sources: Sources, in_flight: InFlight):
         self.settings, self.redis, self.worker_id, self.stats, self.clock = settings, r, worker_id, stats, clock
         self.served, self.sources, self.in_flight = served, sources, in_flight

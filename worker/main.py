@@ -30,7 +30,7 @@ import redis
 from dispatcher.models import Registry
 from dispatcher.nodes import register_node
 from dispatcher.protocol import GROUP, Keys
-from dispatcher.settings import Settings
+from dispatcher.settings import WorkerSettings
 
 from . import engines, inference
 from .bulk import BulkLane
@@ -64,7 +64,7 @@ def _transient(exc: redis.RedisError) -> bool:
 
 
 class Worker:
-    def __init__(self, settings: Settings, models: list[str] | None = None):
+    def __init__(self, settings: WorkerSettings, models: list[str] | None = None):
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.sources = Sources(self.keys, settings.node_id)

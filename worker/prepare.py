@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dispatcher.models import ModelSpec, Registry
-from dispatcher.settings import Settings
+from dispatcher.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 MARKER = ".prepared"
@@ -105,7 +105,7 @@ def private_tree(root: Path) -> None:
             path.chmod(0o700 if path.is_dir() else 0o600)
 
 
-def prepare_all(settings: Settings, names: list[str] | None = None, force: bool = False) -> list[str]:
+def prepare_all(settings: WorkerSettings, names: list[str] | None = None, force: bool = False) -> list[str]:
     registry = Registry.load(settings)
     done = []
     for name in names or registry.names:

@@ -34,7 +34,7 @@ from rq.rate_limit import release_slot
 from rq.utils import as_text, now, parse_composite_key
 
 from dispatcher.protocol import Keys, MsgpackSerializer
-from dispatcher.settings import DEAD_WORKER_MEMORY_S, Settings
+from dispatcher.settings import DEAD_WORKER_MEMORY_S, WorkerSettings
 
 from .bulk import BulkLane
 from .deliveries import DELIVERIES, Deliveries, worker_expiries
@@ -58,7 +58,7 @@ return 0
 
 
 class BulkReaper:
-    def __init__(self, settings: Settings, r: redis.Redis, worker_id: str, lane: BulkLane, stats: Stats):
+    def __init__(self, settings: WorkerSettings, r: redis.Redis, worker_id: str, lane: BulkLane, stats: Stats):
         self.settings, self.redis, self.worker_id, self.lane, self.stats = settings, r, worker_id, lane, stats
         self.keys = Keys(settings.key_prefix)
         self.deliveries = Deliveries(settings.max_deliveries)

@@ -15,7 +15,7 @@ import numpy as np
 from dispatcher.models import Registry
 from dispatcher.protocol import Prompt
 from dispatcher.results import EmbedResult, GenerateResult
-from dispatcher.settings import get_settings
+from dispatcher.settings import WorkerSettings
 
 from . import engines
 from .devices import device_type
@@ -38,8 +38,15 @@ def generate_result(engine: engines.GenerationEngine, result: Generated, node_id
 
 
 @cache
+def _settings() -> WorkerSettings:
+    """A plain `rq worker` calls these functions by name, with nothing to hand them: its settings are read
+    from its environment once, here (the npu-worker process never calls them)."""
+    return WorkerSettings()
+
+
+@cache
 def _engine(model: str) -> engines.Engine:
-    s = get_settings()
+    s = _settings()
     return engines.build(Registry.load(s).get(model), s)
 
 
@@ -47,8 +54,8 @@ def embed(texts: list[str], model: str, truncate: bool = False) -> dict[str, Any
     engine = _engine(model)
     if engine.task != "embedding":
         raise ValueError(f"{model} is not an embedding model")
-    counts, truncated = engine.check(texts, truncate, max_total=get_settings().max_request_tokens)
-    return embed_result(engine, engine.embed(texts), counts, truncated, get_settings().node_id)
+    counts, truncated = engine.check(texts, truncate, max_total=_settings().max_request_tokens)
+    return embed_result(engine, engine.embed(texts), counts, truncated, _settings().node_id)
 
 
 def generate(prompt: Prompt, model: str, max_tokens: int | None = None,
@@ -56,4 +63,4 @@ def generate(prompt: Prompt, model: str, max_tokens: int | None = None,
     engine = _engine(model)
     if engine.task != "generation":
         raise ValueError(f"{model} is not a generation model")
-    return generate_result(engine, engine.generate(prompt, max_tokens, temperature), get_settings().node_id)
+    return generate_result(engine, engine.generate(prompt, max_tokens, temperature), _settings().node_id)

@@ -27,7 +27,7 @@ from dispatcher.client import Dispatcher
 from dispatcher.errors import NPUError, OverloadedError
 from dispatcher.models import Registry
 from dispatcher.protocol import Keys, MsgpackSerializer
-from dispatcher.settings import Settings
+from dispatcher.settings import FacadeSettings
 
 from .lines import answers
 from .records import put_file
@@ -48,7 +48,7 @@ _ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.ST
 
 
 class Driver:
-    def __init__(self, settings: Settings, registry: Registry | None = None):
+    def __init__(self, settings: FacadeSettings, registry: Registry | None = None):
         self.settings, self.keys = settings, Keys(settings.key_prefix)
         self.redis: Redis = settings.redis()
         self.dispatcher = Dispatcher(settings, registry, redis_client=self.redis)

@@ -21,7 +21,7 @@ from dispatcher.errors import ConflictError, InvalidInputError
 from ..auth import RESPONSES, AuthenticatedRoute, require_read
 from ..batches.lines import plan
 from ..batches.records import TERMINAL, batch_fields, batch_object, file_meta, new_id, page
-from ..deps import AsyncDispatcherDep
+from ..deps import AsyncDispatcherDep, SettingsDep
 from ..schemas import OpenAIErrorResponse
 from .files import Caller
 
@@ -39,7 +39,8 @@ class BatchRequest(BaseModel):
 
 
 @router.post("/batches", responses=ERRORS)
-async def create_batch(body: BatchRequest, who: Caller, dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
+async def create_batch(body: BatchRequest, who: Caller, dispatcher: AsyncDispatcherDep,
+                       settings: SettingsDep) -> dict[str, Any]:
     r, keys = dispatcher.redis, dispatcher.keys
     meta = await file_meta(r, keys, body.input_file_id, who[1])
     if meta["purpose"] != "batch":
@@ -67,7 +68,7 @@ async def create_batch(body: BatchRequest, who: Caller, dispatcher: AsyncDispatc
                               "completed": 0, "failed": 0})
     pipe.zadd(keys.batches, {obj["id"]: now})
     if checked.errors:
-        pipe.expire(batch, dispatcher.settings.batch_file_ttl_s)
+        pipe.expire(batch, settings.batch_file_ttl_s)
     else:
         pipe.sadd(keys.batches_active, obj["id"])
     await pipe.execute()

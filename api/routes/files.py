@@ -18,11 +18,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from dispatcher.errors import ErrorCode, InputTooLargeError, InvalidInputError
-from dispatcher.settings import Settings
+from dispatcher.settings import FacadeSettings
 
 from ..auth import RESPONSES, AuthenticatedRoute, Principal, require_inference
 from ..batches.records import file_meta, page, public_file, put_file
-from ..deps import AsyncDispatcherDep
+from ..deps import AsyncDispatcherDep, SettingsDep
 from ..schemas import OpenAIErrorResponse
 
 router = APIRouter(route_class=AuthenticatedRoute, prefix="/v1", tags=["batches"], responses=RESPONSES)
@@ -48,7 +48,7 @@ async def caller(request: Request,
 Caller = Annotated[tuple[str, str | None], Depends(caller)]
 
 
-def check_batch_file(data: bytes, settings: Settings) -> None:
+def check_batch_file(data: bytes, settings: FacadeSettings) -> None:
     if len(data) > settings.batch_file_max_bytes:
         raise InputTooLargeError(f"The file is {len(data)} bytes; the limit is {settings.batch_file_max_bytes}.",
                                  code=ErrorCode.INPUT_TOO_LARGE, limit=settings.batch_file_max_bytes, param="file")
@@ -93,8 +93,8 @@ def _form(kind: str, body: bytes) -> tuple[dict[str, str], tuple[str, bytes] | N
 
 
 @router.post("/files", responses=ERRORS)
-async def create_file(request: Request, who: Caller, dispatcher: AsyncDispatcherDep) -> dict[str, Any]:
-    settings = dispatcher.settings
+async def create_file(request: Request, who: Caller, dispatcher: AsyncDispatcherDep,
+                      settings: SettingsDep) -> dict[str, Any]:
     # Parsing and checking a file of up to NPU_BATCH_FILE_MAX_BYTES takes a while: not on the event loop.
     fields, upload = await asyncio.to_thread(_form, request.headers.get("content-type", ""), await request.body())
     if fields.get("purpose") != "batch":

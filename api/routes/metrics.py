@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from dispatcher.settings import Settings
+from dispatcher.settings import FacadeSettings
 
 from .. import metrics
 from ..auth import RESPONSES, AuthenticatedRoute, public, require_read
@@ -40,7 +40,7 @@ async def prometheus(fleet: Fleet) -> Response:
     return Response(metrics.render(state), media_type=CONTENT_TYPE_LATEST)
 
 
-def router(settings: Settings) -> APIRouter:
+def router(settings: FacadeSettings) -> APIRouter:
     """Built per app, as `metrics_public` decides whether the route is `public` or needs read access."""
     if settings.metrics_public:
         built = APIRouter(route_class=AuthenticatedRoute, tags=["metrics"], dependencies=[Depends(public)])

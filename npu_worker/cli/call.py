@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from dispatcher.settings import get_settings
+from dispatcher.settings import Settings
 
 from .app import Failure, console
 
@@ -35,7 +35,7 @@ def call(
 
     from ..http import NoFacade, base_url, signed_request
 
-    settings = get_settings()
+    settings = Settings()
     content = None
     if body is not None:
         text = sys.stdin.read() if body == "-" else body

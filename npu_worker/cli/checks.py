@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dispatcher.settings import Settings, get_settings
+from dispatcher.settings import RedisSettings, Settings
 
 from ..stack import announced_redis
 from .app import Failure
 
 
-def redis_shown() -> str:
-    """The Redis address without a password."""
+def redis_shown(settings: RedisSettings | None = None) -> str:
+    """The Redis address without a password (a command's settings, else the environment's)."""
     try:
         from redis.connection import parse_url
 
-        parts = parse_url(get_settings().redis_address)
+        parts = parse_url((settings or RedisSettings()).redis_address)
         return f"{parts.get('host', parts.get('path', '?'))}:{parts.get('port', '')}".rstrip(":")
     except Exception:
         return "(unparsable REDIS_URL)"
@@ -49,8 +49,8 @@ def check_redis(settings: Settings) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise Failure(f"cannot reach Redis at {redis_shown()}: {exc} (set REDIS_URL, or start `npu-worker up`)") \
-            from None
+        raise Failure(f"cannot reach Redis at {redis_shown(settings)}: {exc} "
+                      "(set REDIS_URL, or start `npu-worker up`)") from None
     finally:
         client.close()
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dispatcher.settings import Settings, get_settings
+from dispatcher.settings import Settings
 
 from .app import Failure
 from .checks import check_redis, where
@@ -45,7 +45,7 @@ def status(
 
     from ..status import render
 
-    settings = get_settings()
+    settings = Settings()
     check_redis(settings)
     out = StdoutConsole()
 
@@ -70,7 +70,7 @@ def alive(
     """Liveness of one worker (a container healthcheck): exit 0 if the worker with this pid on this node
     (NPU_NODE_ID) has a live heartbeat in Redis, else 1. A worker beats from a thread of its own even in a
     long inference, so a missing beat means it is dead, stuck or cut off from Redis."""
-    settings = get_settings()
+    settings = Settings()
     check_redis(settings)
     if not any(b.pid == pid and b.node_id == settings.node_id for b in live_beats(settings)):
         raise Failure(f"no live heartbeat from worker pid {pid} on node {settings.node_id!r}")

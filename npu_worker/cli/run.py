@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dispatcher.settings import Settings, get_settings
+from dispatcher.settings import Settings
 
 from ..stack import announce_facade, facade_url, start_embedded, stop_embedded, withdraw_facade
 from ..supervisor import Supervisor
@@ -50,7 +50,7 @@ def work(
     from dispatcher.models import Registry
     from worker.main import Worker
 
-    settings = get_settings()
+    settings = Settings()
     configure_logging(settings)
     registry = Registry.load(settings)
     for name in model or []:
@@ -67,7 +67,7 @@ def serve(
     api_workers: Annotated[int | None, typer.Option(help="Facade processes on the port [NPU_API_WORKERS].")] = None,
 ) -> None:
     """Run the HTTP facade only."""
-    settings = get_settings()
+    settings = Settings()
     configure_logging(settings)
     host, port = host or settings.host, port or settings.port
     check_port(host, port)
@@ -121,7 +121,7 @@ def up(
     """Start everything: Redis (embedded when neither REDIS_URL nor NPU_REDIS_SENTINELS is set), N workers
     and the facade. SIGHUP restarts the workers one after the other, each replaced only once its
     successor is live (a rolling restart without errors)."""
-    settings = get_settings()
+    settings = Settings()
     configure_logging(settings)
     host, port = host or settings.host, port or settings.port
     check_port(host, port)
