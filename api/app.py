@@ -50,6 +50,19 @@ async def _sample_history(fleet: Fleet) -> None:
         await asyncio.sleep(fleet.settings.history_interval_s)
 
 
+async def _publish_apps(app: FastAPI, dispatcher: AsyncDispatcher) -> None:
+    """The configured apps' weights, for the workers (`Keys.apps`); an app first seen later (a service, an
+    operator role) is named by the dispatcher with weight 1 when it sends its first job."""
+    weights = {a.name: a.weight for a in app.state.auth.apps.values()}
+    if not weights:
+        return
+    try:
+        await dispatcher.redis.hset(dispatcher.keys.apps, mapping=weights)
+        dispatcher.known_apps.update(weights)
+    except RedisError as exc:
+        log.warning("could not publish the apps' weights (%s): each counts as weight 1 until then", exc)
+
+
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn options every way of serving the facade passes: X-Forwarded-For (the caller's address in
     logs) is believed only from NPU_TRUSTED_PROXIES; uvicorn's own default trusts 127.0.0.1, which would
@@ -65,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = app.state.dispatcher = AsyncDispatcher(settings)
+        await _publish_apps(app, dispatcher)
         app.state.fleet = Fleet(dispatcher.redis, dispatcher.keys, settings, dispatcher.registry)
         sampler = asyncio.create_task(_sample_history(app.state.fleet))
         driver = app.state.batch_driver = Driver(settings, dispatcher.registry)

@@ -35,6 +35,8 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from dispatcher import apps
+from dispatcher.apps import parse_apps
 from dispatcher.credentials import accepted
 from dispatcher.errors import ForbiddenError, UnauthorizedError
 from dispatcher.limits import check_json_text
@@ -61,6 +63,8 @@ class Principal:
     role: Role
     name: str
     """Service id, or the operator role: what logs may say about a caller."""
+    app: str = ""
+    """The app it counts as (dispatcher/apps.py): its app key's app, its service id, its operator role."""
 
 
 def _digest(token: str) -> bytes:
@@ -79,7 +83,8 @@ class Authenticator:
         # Compared as digests: equal lengths, so the comparison time says nothing about a token's length.
         self._admin = [_digest(t) for t in self.accepted.admin_tokens]
         self._viewer = [_digest(t) for t in self.accepted.viewer_tokens]
-        self._app = [_digest(t) for t in self.accepted.app_keys]
+        self.apps = parse_apps(settings.apps, self.accepted.app_keys)
+        self._app = [(_digest(key), a.name) for a in self.apps.values() for key in a.keys]
         log.info("auth: accepting %s%s", self.accepted.summary(), "; v2 signatures only" if self.require_v2 else "")
 
     async def authenticate(self, request: Request) -> Principal:
@@ -114,7 +119,8 @@ class Authenticator:
                                     ex=verified.nonce_ttl(self.window_s))
             if not fresh:
                 raise UnauthorizedError(UnauthorizedError.INVALID, "replayed_nonce")
-        return Principal("service", verified.service_id)
+        sid = verified.service_id
+        return Principal("service", sid, sid if apps.NAME.match(sid) else "service")
 
     def _operator(self, request: Request) -> Principal:
         values = request.headers.getlist("authorization")
@@ -124,19 +130,21 @@ class Authenticator:
         if len(values) > 1 or scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_authorization")
         digest = _digest(token.strip())
-        admin = viewer = app = False
+        admin = viewer = False
+        app = ""
         for known in self._admin:  # no early exit: timing does not tell which token (or role) matched
             admin |= hmac.compare_digest(digest, known)
         for known in self._viewer:
             viewer |= hmac.compare_digest(digest, known)
-        for known in self._app:
-            app |= hmac.compare_digest(digest, known)
+        for known, name in self._app:
+            if hmac.compare_digest(digest, known):
+                app = name
         if admin:
-            return Principal("admin", "admin")
+            return Principal("admin", "admin", "admin")
         if viewer:
-            return Principal("viewer", "viewer")
+            return Principal("viewer", "viewer", "viewer")
         if app:
-            return Principal("app", "app")
+            return Principal("app", "app", app)
         raise UnauthorizedError(UnauthorizedError.INVALID, "bad_token")
 
 
@@ -161,6 +169,7 @@ async def authenticate(request: Request) -> Principal:
         _refused(request, exc.reason, request.headers.get(HEADER_ID) or "-")
         raise
     request.state.principal = principal
+    apps.app.set(principal.app)  # the jobs this request sends belong to its app (dispatcher/flow.py)
     return principal
 
 

@@ -1,0 +1,103 @@
+"""Fair share where the jobs wait: a real worker serves apps' queued jobs in proportion to their weights,
+counted in texts, whatever the order and length of their queues (worker/fair.py)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from dispatcher.protocol import Job, Keys, app_tag, pack, unpack
+from dispatcher.settings import Settings
+from tests.conftest import WorkerProcess
+
+MODEL = "all-minilm-l6-v2"
+
+
+@pytest.fixture
+def apps(settings: Settings, worker: WorkerProcess) -> Iterator[Keys]:
+    """Apps A (weight 1) and B (weight 3, for the weighted case), known to the worker before a test queues."""
+    r, keys = settings.redis(), Keys(settings.key_prefix)
+    r.hset(keys.apps, mapping={"fair-a": 1, "fair-b": 3, "fair-c": 1})
+    # The worker reads the apps at its next beat: a job on each app's stream answered says it reads them.
+    probe = keys.reply(f"probe-{uuid.uuid4().hex}")
+    _queue(r, keys, [("fair-a", 1, 1), ("fair-b", 1, 1), ("fair-c", 1, 1)], probe)
+    _wait(r, probe, 3, timeout=15)
+    yield keys
+    r.hdel(keys.apps, "fair-a", "fair-b", "fair-c")
+
+
+def _queue(r: redis.Redis, keys: Keys, groups: list[tuple[str, int, int]], reply: str) -> None:
+    """Queue (app, jobs, texts per job) groups in that order, in one transaction, so the worker's next read
+    sees every app's whole queue at once."""
+    pipe = r.pipeline(transaction=True)
+    for app, jobs, texts in groups:
+        for i in range(jobs):
+            job = Job(kind="embed", model=MODEL, reply=reply, deadline_at=time.time() + 60, budget_ms=60_000,
+                      texts=[f"{app} text {i} {t}" for t in range(texts)], app=app)
+            pipe.xadd(keys.stream(MODEL, None, app_tag(app)), {"j": pack(job)})
+    pipe.execute()
+
+
+def _wait(r: redis.Redis, reply: str, n: int, timeout: float = 60) -> list[dict[str, object]]:
+    end = time.monotonic() + timeout
+    while r.llen(reply) < n:
+        assert time.monotonic() < end, f"{r.llen(reply)} of {n} replies"
+        time.sleep(0.05)
+    replies = [unpack(raw) for raw in r.lrange(reply, 0, -1)]
+    r.delete(reply)
+    assert all(rep["ok"] for rep in replies), replies
+    return replies
+
+
+def test_a_lone_app_is_served_within_the_first_batch_behind_a_long_queue(settings: Settings, apps: Keys) -> None:
+    """A's 64 single-text jobs were queued before B's 4; FIFO would serve B's last (64-67). Equal weights:
+    B's 4 go in the next batch after the one running, interleaved with A's."""
+    order = _served(settings, apps, [("fair-a", 64, 1)], [("fair-c", 4, 1)])
+    positions = [i for i, app in enumerate(order) if app == "fair-c"]
+    assert len(positions) == 4 and max(positions) < 64 - 8, positions
+
+
+def test_weights_share_batches_in_proportion_counted_in_texts(settings: Settings, apps: Keys) -> None:
+    """B (weight 3) and A (weight 1) both with long queues: in the first 64 texts served, B has ~3/4. A's
+    jobs hold 4 texts each, so counting requests instead of texts would give A 4 times its share."""
+    order = _served(settings, apps, [("fair-a", 16, 4), ("fair-b", 64, 1)])
+    texts = {"fair-a": 4, "fair-b": 1}
+    served = {"fair-a": 0, "fair-b": 0}
+    total = 0
+    for app in order:  # an idle worker's blocking read takes the first stream that got entries: A's
+        total += texts[app]
+        if 32 < total <= 96:  # so count from the second batch
+            served[app] += texts[app]
+    assert 44 <= served["fair-b"] <= 52, served  # 48 is the exact 3:1 share
+
+
+def test_a_single_app_takes_whole_batches(settings: Settings, apps: Keys) -> None:
+    """Work-conserving: with one app queued, batches are full (fairness never holds a batch back)."""
+    r = settings.redis()
+    reply = apps.reply(f"fair-{uuid.uuid4().hex}")
+    _queue(r, apps, [("fair-a", 96, 1)], reply)
+    replies = _wait(r, reply, 96)
+    assert max(int(rep["batch_size"]) for rep in replies) == 32  # type: ignore[call-overload]
+
+
+def _served(settings: Settings, keys: Keys, *queued: list[tuple[str, int, int]]) -> list[str]:
+    """The apps of the jobs in the order the worker answered them (one reply list, pushed batch by batch);
+    each list of (app, jobs, texts per job) is queued in one transaction, one after the other."""
+    r = settings.redis()
+    reply = keys.reply(f"fair-{uuid.uuid4().hex}")
+    app_of: dict[str, str] = {}
+    for groups in queued:
+        pipe = r.pipeline(transaction=True)
+        for app, jobs, texts in groups:
+            for i in range(jobs):
+                job = Job(kind="embed", model=MODEL, reply=reply, deadline_at=time.time() + 60, budget_ms=60_000,
+                          texts=[f"{app} text {i} {t}" for t in range(texts)], app=app)
+                app_of[job.id] = app
+                pipe.xadd(keys.stream(MODEL, None, app_tag(app)), {"j": pack(job)})
+        pipe.execute()
+    replies = _wait(r, reply, len(app_of))
+    return [app_of[str(rep["job"])] for rep in replies]
