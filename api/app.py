@@ -18,6 +18,7 @@ from dispatcher.settings import Settings, get_settings
 from . import errors
 from .auth import Authenticator
 from .batches.driver import Driver
+from .limiting import limiter
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = app.state.dispatcher = AsyncDispatcher(settings)
         await _publish_apps(app, dispatcher)
+        app.state.limiter = limiter(dispatcher.redis, dispatcher.keys, app.state.auth.apps, settings.deadline_s + 60)
         app.state.fleet = Fleet(dispatcher.redis, dispatcher.keys, settings, dispatcher.registry)
         sampler = asyncio.create_task(_sample_history(app.state.fleet))
         driver = app.state.batch_driver = Driver(settings, dispatcher.registry)

@@ -44,6 +44,7 @@ from dispatcher.protocol import Keys
 from dispatcher.settings import Settings
 from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, raw_path, verify, verify_headers
 
+from .limiting import limited
 from .metrics import AUTH_FAILURES
 from .schemas import ErrorResponse
 
@@ -200,6 +201,14 @@ def requirements(dependant: Any) -> list[frozenset[Role]]:
     return found
 
 
+def read_then(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def run(request: Request) -> Response:
+        check_json_text(await request.body())  # read now, under the cap; FastAPI's own read finds it
+        return await handler(request)
+
+    return run
+
+
 class AuthenticatedRoute(APIRoute):
     """A route that checks its declared requirements before its body is read (see the module's text)."""
 
@@ -213,8 +222,9 @@ class AuthenticatedRoute(APIRoute):
             principal = await authenticate(request)
             for roles in needed:
                 _permit(request, principal, roles)
-            check_json_text(await request.body())  # read now, under the cap; FastAPI's own read finds it
-            return await handler(request)
+            if INFERENCE in needed:  # the app's limits, before the body is read (api/limiting.py)
+                return await limited(request, principal.app, read_then(handler))
+            return await read_then(handler)(request)
 
         return credentials_first
 
@@ -223,7 +233,8 @@ require_read = _requirement("require_read", frozenset({"service", "viewer", "adm
 """Status and listings: health, models, metrics, the API schema."""
 require_models = _requirement("require_models", frozenset({"service", "viewer", "admin", "app"}))
 """The model lists (`/models`, `/v1/models`): readers, and apps, which pick a model from them."""
-require_inference = _requirement("require_inference", frozenset({"service", "admin", "app"}))
+INFERENCE: frozenset[Role] = frozenset({"service", "admin", "app"})
+require_inference = _requirement("require_inference", INFERENCE)
 """Work on the accelerators (or the cloud): embeddings, generation."""
 require_admin = _requirement("require_admin", frozenset({"admin"}))
 """Changes: role assignment, load-balancing, model load/unload."""

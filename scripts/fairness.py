@@ -1,0 +1,223 @@
+"""Fair share between apps, measured: app B sends one single-text request at a time while app A floods.
+
+Starts a stack (an embedded Redis, one worker, the facade) with two app keys, A's and B's, and runs:
+
+    B solo            B's latency alone (p50/p99), and one 32-text request's (a batch's inference)
+    A solo / A + B    for each of A's floods, A's throughput alone, then with B's requests alongside:
+      http-256        256 single-text HTTP requests in flight
+      http-8x32       8 HTTP requests of 32 texts in flight
+      backend-2000    2,000 single-text jobs from a Python backend through the AsyncDispatcher
+
+and prints B's p50/p99 under each flood against its target (2x its solo p50 plus a batch's time) and A's
+throughput with B against A's alone minus B's share (target >= 0.90). B runs in a process of its own, so
+the load generator's CPU does not weigh on its latencies more than the machine's load does. Not a test:
+it asserts nothing, it reports; figures go to docs/benchmarks.md.
+
+    .venv/bin/python -m scripts.fairness [--seconds 10] [--json fairness.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from dispatcher.settings import Settings
+from scripts.harness import SENTENCES, Stack, markdown_table, wait_healthy, wait_quiet
+
+MODEL = "all-minilm-l6-v2"
+KEY_A, KEY_B, ADMIN = "fairness-app-a-key", "fairness-app-b-key", "fairness-admin-token"
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def stack(workdir: Path) -> Stack:
+    env = {**os.environ, "NPU_NODE_ID": "fair", "NPU_LOG_LEVEL": "WARNING", "NPU_DEADLINE_S": "120",
+           "NPU_ADMIN_TOKENS": json.dumps([ADMIN]), "NPU_MAX_QUEUE": "100000",
+           "NPU_APPS": json.dumps({"a": {"keys": [KEY_A]}, "b": {"keys": [KEY_B]}}),
+           "NPU_API_KEYS": json.dumps([KEY_A, KEY_B])}  # what a release without apps reads
+    s = Stack(workdir, "fair", env, token=ADMIN)
+    s.start("work", "--model", MODEL)
+    s.start("serve", "--port", str(s.port))
+    wait_healthy(s.url, s.headers, timeout=180)
+    wait_quiet([p.pid for p in s.procs])
+    return s
+
+
+# --- B: one request at a time, in a process of its own
+
+
+def _b_loop(url: str, texts: list[str], stop_at: float, stop: Any, out: Any) -> None:
+    latencies: list[float] = []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY_B}"}, timeout=120) as client:
+        i = 0
+        while time.time() < stop_at and not stop.is_set():
+            started = time.perf_counter()
+            client.post("/embeddings", json={"texts": [texts[i % len(texts)]], "model": MODEL}).raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+            i += 1
+    out.put(latencies)
+
+
+class B:
+    """B's requests from now until `stop_at` (wall clock), in a child process."""
+
+    def __init__(self, url: str, texts: list[str], stop_at: float):
+        self.out: Any = multiprocessing.Queue()
+        self.stop = multiprocessing.Event()
+        self.proc = multiprocessing.Process(target=_b_loop, args=(url, texts, stop_at, self.stop, self.out))
+        self.proc.start()
+
+    def latencies(self) -> list[float]:
+        """Stops B now if it still runs, and returns its latencies."""
+        self.stop.set()
+        got: list[float] = self.out.get(timeout=300)
+        self.proc.join()
+        return got
+
+
+# --- A's floods: each returns the texts A had answered per second
+
+
+async def http_flood(url: str, texts: list[str], in_flight: int, per_request: int, seconds: float) -> float:
+    limits = httpx.Limits(max_connections=in_flight + 8, max_keepalive_connections=in_flight + 8)
+    done = 0
+    end = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=300,
+                                 limits=limits) as client:
+        async def caller(n: int) -> None:
+            nonlocal done
+            i = n
+            while time.perf_counter() < end:
+                batch = [texts[(i + k) % len(texts)] for k in range(per_request)]
+                (await client.post("/embeddings", json={"texts": batch, "model": MODEL})).raise_for_status()
+                if time.perf_counter() <= end:
+                    done += per_request
+                i += per_request
+
+        started = time.perf_counter()
+        await asyncio.gather(*[caller(n * 7) for n in range(in_flight)])
+    return done / (min(time.perf_counter(), end) - started)
+
+
+@contextlib.contextmanager
+def backend_app(name: str) -> Iterator[None]:
+    """The backend's calls belong to app `name` (a release without apps: no app)."""
+    try:
+        from dispatcher.apps import as_app
+    except ImportError:
+        yield
+        return
+    with as_app(name):
+        yield
+
+
+async def backend_flood(settings: Settings, texts: list[str], jobs: int) -> tuple[float, float]:
+    """(texts/s, seconds) of `jobs` single-text jobs sent at once through one AsyncDispatcher."""
+    from dispatcher import AsyncDispatcher
+
+    d = AsyncDispatcher(settings)
+    try:
+        await d.embed([texts[0]], MODEL)
+        with backend_app("a-backend"):
+            started = time.perf_counter()
+            await asyncio.gather(*[d.embed([texts[i % len(texts)]], MODEL) for i in range(jobs)])
+            took = time.perf_counter() - started
+    finally:
+        await d.aclose()
+    return jobs / took, took
+
+
+# --- the run
+
+
+def b_solo(url: str, texts: list[str], seconds: float) -> list[float]:
+    return B(url, texts, time.time() + seconds).latencies()
+
+
+def batch_ms(url: str, texts: list[str]) -> float:
+    out = []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY_B}"}, timeout=60) as client:
+        for _ in range(6):
+            started = time.perf_counter()
+            client.post("/embeddings", json={"texts": texts[:32], "model": MODEL}).raise_for_status()
+            out.append((time.perf_counter() - started) * 1000)
+    return statistics.median(out[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--backend-jobs", type=int, default=2000)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    texts = [t for t in SENTENCES.read_text().splitlines() if t.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        s = stack(Path(tmp))
+        try:
+            results = run(s, texts, args.seconds, args.backend_jobs)
+        finally:
+            s.stop()
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def run(s: Stack, texts: list[str], seconds: float, backend_jobs: int) -> dict[str, Any]:
+    settings = Settings(redis_url=s.redis_url, key_prefix=s.prefix, deadline_s=120, max_queue=100000)
+    b_solo(s.url, texts, 2)  # warm-up
+    solo = b_solo(s.url, texts, seconds)
+    one_batch = batch_ms(s.url, texts)
+    results: dict[str, Any] = {"b_solo_p50": pct(solo, 50), "b_solo_p99": pct(solo, 99), "b_solo_n": len(solo),
+                               "batch_ms": one_batch, "floods": {}}
+    floods = {"http-256": (256, 1), "http-8x32": (8, 32)}
+    for name, (in_flight, per) in floods.items():
+        alone = asyncio.run(http_flood(s.url, texts, in_flight, per, seconds))
+        b = B(s.url, texts, time.time() + seconds)
+        with_b = asyncio.run(http_flood(s.url, texts, in_flight, per, seconds))
+        lat = b.latencies()
+        results["floods"][name] = {"a_alone": alone, "a_with_b": with_b, "b_p50": pct(lat, 50),
+                                   "b_p99": pct(lat, 99), "b_n": len(lat), "b_rate": len(lat) / seconds}
+        print(name, results["floods"][name], flush=True)
+    alone, _ = asyncio.run(backend_flood(settings, texts, backend_jobs))
+    b = B(s.url, texts, time.time() + 3600)
+    time.sleep(1)
+    with_b, took = asyncio.run(backend_flood(settings, texts, backend_jobs))
+    lat = b.latencies()  # B stops with the flood
+    results["floods"]["backend-2000"] = {"a_alone": alone, "a_with_b": with_b, "b_p50": pct(lat, 50),
+                                         "b_p99": pct(lat, 99), "b_n": len(lat), "b_rate": len(lat) / took}
+    print("backend-2000", results["floods"]["backend-2000"], flush=True)
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    target = 2 * results["b_solo_p50"] + results["batch_ms"]
+    rows = [["B alone", f"{results['b_solo_p50']:.1f}", f"{results['b_solo_p99']:.1f}", "", "", "", ""]]
+    for name, f in results["floods"].items():
+        share = f["a_alone"] - f["b_rate"]  # B's single texts per second
+        ratio = f["a_with_b"] / share if share > 0 else float("nan")
+        rows.append([f"A {name}", f"{f['b_p50']:.1f}", f"{f['b_p99']:.1f}",
+                     "yes" if f["b_p50"] <= target else "no", f"{f['a_alone']:.0f}", f"{f['a_with_b']:.0f}",
+                     f"{ratio:.2f}"])
+    head = (f"B's target: p50 <= 2 x {results['b_solo_p50']:.1f} + one batch {results['batch_ms']:.1f} = "
+            f"{target:.1f} ms; A's: with B >= 0.90 of (alone - B's rate)\n")
+    return head + markdown_table(["run", "B p50 ms", "B p99 ms", "B on target", "A alone texts/s",
+                                  "A with B texts/s", "A with B / (alone - B)"], rows)
+
+
+if __name__ == "__main__":
+    main()
