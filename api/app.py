@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from . import errors
 from .auth import Authenticator
 from .batches.driver import Driver
 from .limiting import limiter
-from .middleware import AccessLogMiddleware, BodyLimitMiddleware, RequestIdMiddleware
+from .middleware import AccessLogMiddleware, BodyLimitMiddleware, NoSniffMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
 from .routes import (
@@ -37,6 +38,7 @@ from .routes import (
     ui,
     whoami,
 )
+from .server import HeaderDeadlineProtocol
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +69,13 @@ async def _publish_apps(app: FastAPI, dispatcher: AsyncDispatcher) -> None:
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn options every way of serving the facade passes: X-Forwarded-For (the caller's address in
     logs) is believed only from NPU_TRUSTED_PROXIES; uvicorn's own default trusts 127.0.0.1, which would
-    let any local process write the address our logs report."""
+    let any local process write the address our logs report. The protocol bounds the time a request's
+    headers may take (`api/server.py`)."""
     trusted = settings.trusted_proxies
     return {"proxy_headers": bool(trusted), "forwarded_allow_ips": ",".join(trusted) if trusted else None,
-            "server_header": False}
+            "server_header": False,
+            # a partial, not a subclass made here: uvicorn's worker processes receive it pickled
+            "http": functools.partial(HeaderDeadlineProtocol, header_timeout_s=settings.header_timeout_s)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -111,7 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router(settings))
     document_limits(app, settings)
     app.add_middleware(AccessLogMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so the access line has the request id
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(RequestIdMiddleware)  # outermost but one, so the access line has the request id
+    app.add_middleware(NoSniffMiddleware)  # outermost of ours: on every answer the app sends
     errors.install(app)
     return app

@@ -20,6 +20,11 @@ so every router is built with `route_class=AuthenticatedRoute`, which runs the r
 (the same ones it declares as dependencies, found in its dependency tree: no path list) before anything
 reads the body. A stranger hears 401 without a byte of the body read or parsed; a caller who may call the
 route then has its body read, capped as it streams in (`api/middleware.py`, 413).
+
+A v2 signature covers the body, so its check must read it; everything else is checked first (format,
+window, host, a known service, a nonce not yet spent), so made-up headers are refused unread. The body is
+then hashed as it streams and kept only up to the cap; past it, only hashed: a caller whose signature does
+not verify hears 401 whatever the size, and only a verified one hears 413 (a stranger never learns the cap).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -38,14 +43,16 @@ from starlette.responses import Response
 from dispatcher import apps
 from dispatcher.apps import parse_apps
 from dispatcher.credentials import accepted
-from dispatcher.errors import ForbiddenError, UnauthorizedError
+from dispatcher.errors import ErrorCode, ForbiddenError, InputTooLargeError, UnauthorizedError
 from dispatcher.limits import check_json_text
 from dispatcher.protocol import Keys
 from dispatcher.settings import Settings
 from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, raw_path, verify, verify_headers
 
+from .hosts import ServedHosts
 from .limiting import limited
 from .metrics import AUTH_FAILURES
+from .middleware import UNCAPPED
 from .schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -68,6 +75,12 @@ class Principal:
     """The app it counts as (dispatcher/apps.py): its app key's app, its service id, its operator role."""
 
 
+def _service_principal(service_id: str) -> Principal:
+    """A signed service counts as the app of its service id (configured, so bounded); an id that is no app
+    name counts as the app `service`."""
+    return Principal("service", service_id, service_id if apps.NAME.match(service_id) else "service")
+
+
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -79,7 +92,8 @@ class Authenticator:
         self.accepted = accepted(settings)
         self.window_s = settings.auth_window_s
         self.require_v2 = settings.auth_require_v2
-        self.hosts = {h.lower() for h in settings.auth_hosts}
+        self.hosts = ServedHosts(settings)
+        self.max_body_bytes = settings.max_body_bytes
         self.keys = Keys(settings.key_prefix)
         # Compared as digests: equal lengths, so the comparison time says nothing about a token's length.
         self._admin = [_digest(t) for t in self.accepted.admin_tokens]
@@ -104,24 +118,56 @@ class Authenticator:
         hosts = request.headers.getlist("host")
         if len(hosts) > 1:
             raise UnauthorizedError(UnauthorizedError.INVALID, "duplicate_header")
+        host = hosts[0] if hosts else ""
         # The raw path as sent (percent-encoding kept), not the decoded one: see dispatcher/signing.py.
         path = raw_path(request.scope.get("raw_path") or request.scope["path"].encode("latin-1"))
-        if HEADER_NONCE in headers:  # the cheap checks first: the body is read for a plausible v2 caller only
-            verify_headers(headers, window_s=self.window_s)
-            if self.hosts and (hosts[0].lower() if hosts else "") not in self.hosts:
-                raise UnauthorizedError(UnauthorizedError.INVALID, "other_host")
-        body = await request.body() if HEADER_NONCE in headers else b""
-        verified = verify(headers, request.method, path, request.scope.get("query_string", b""), body,
-                          self.accepted.service_keys, window_s=self.window_s, require_v2=self.require_v2,
-                          host=hosts[0] if hosts else "")
-        if verified.nonce is not None:
-            redis = request.app.state.dispatcher.redis
-            fresh = await redis.set(self.keys.nonce(verified.service_id, verified.nonce), b"1", nx=True,
-                                    ex=verified.nonce_ttl(self.window_s))
-            if not fresh:
-                raise UnauthorizedError(UnauthorizedError.INVALID, "replayed_nonce")
-        sid = verified.service_id
-        return Principal("service", sid, sid if apps.NAME.match(sid) else "service")
+        query = request.scope.get("query_string", b"")
+        keys = self.accepted.service_keys
+        if HEADER_NONCE not in headers:  # v1 signs no body: nothing is read
+            verified = verify(headers, request.method, path, query, b"", keys, window_s=self.window_s,
+                              require_v2=self.require_v2, host=host)
+            return _service_principal(verified.service_id)
+        # v2: every check that needs no body first, so a request that cannot verify is refused unread
+        service_id, _, _, nonce = verify_headers(headers, window_s=self.window_s)
+        if host.lower() not in self.hosts.accepted(request.scope):
+            raise UnauthorizedError(UnauthorizedError.INVALID, "other_host")
+        if service_id not in keys:
+            raise UnauthorizedError(UnauthorizedError.INVALID, "unknown_service")
+        redis = request.app.state.dispatcher.redis
+        nonce_key = self.keys.nonce(service_id, nonce or "")
+        if await redis.exists(nonce_key):
+            raise UnauthorizedError(UnauthorizedError.INVALID, "replayed_nonce")
+        over, digest = await self._hash_body(request)
+        verified = verify(headers, request.method, path, query, b"", keys, window_s=self.window_s,
+                          require_v2=self.require_v2, host=host, body_sha256=digest)
+        fresh = await redis.set(nonce_key, b"1", nx=True, ex=verified.nonce_ttl(self.window_s))
+        if not fresh:
+            raise UnauthorizedError(UnauthorizedError.INVALID, "replayed_nonce")
+        if over:  # only a caller who proved its key hears about the cap
+            raise InputTooLargeError(f"the request body is over {self.max_body_bytes} bytes",
+                                     code=ErrorCode.BODY_TOO_LARGE, limit=self.max_body_bytes)
+        return _service_principal(verified.service_id)
+
+    async def _hash_body(self, request: Request) -> tuple[bool, str]:
+        """The body's SHA-256, hashed as it streams in; kept for the route (`request.body()` finds it) up to
+        the cap, and past it only hashed, never held: whether the body was over the cap is told only once
+        the signature over it verified. (Its time is bounded by `BodyLimitMiddleware`.)"""
+        sha, chunks, size = hashlib.sha256(), [], 0
+        request.scope[UNCAPPED] = True
+        try:
+            async for chunk in request.stream():
+                sha.update(chunk)
+                size += len(chunk)
+                if size <= self.max_body_bytes:
+                    chunks.append(chunk)
+                else:
+                    chunks.clear()
+        finally:
+            request.scope[UNCAPPED] = False
+        over = size > self.max_body_bytes
+        if not over:
+            request._body = b"".join(chunks)
+        return over, sha.hexdigest()
 
     def _operator(self, request: Request) -> Principal:
         values = request.headers.getlist("authorization")
@@ -212,7 +258,7 @@ def read_then(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Re
 class AuthenticatedRoute(APIRoute):
     """A route that checks its declared requirements before its body is read (see the module's text)."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         needed = requirements(self.dependant)
         if not needed:

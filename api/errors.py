@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
@@ -60,9 +61,11 @@ def openai_validation(errors: Sequence[Any]) -> tuple[str | None, str]:
     params = [_param(e) for e in errors]
     # Of the field's problems, one that is not "wrong type": a union member of the input's own type
     # (a list of stop strings that is too long) says more than the member it is not (a string).
-    first = next((e for e, p in zip(errors, params, strict=True) if p == params[0]
-                  and not str(e.get("type", "")).endswith("_type")), errors[0])
-    param = params[0]
+    # (An item's problem counts for its list: a too long `stop[0]` says more than "stop is not a string".)
+    top = params[0]
+    first, param = next(((e, p) for e, p in zip(errors, params, strict=True)
+                         if p is not None and top is not None and (p == top or p.startswith(top + "["))
+                         and not str(e.get("type", "")).endswith("_type")), (errors[0], top))
     kind, ctx = first.get("type", ""), first.get("ctx") or {}
     if param is None:
         return None, "We could not parse the JSON body of your request. Send a JSON object."
@@ -123,7 +126,14 @@ def install(app: FastAPI) -> None:
             code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         except ValueError:
             code = "http_error"
-        return error_response(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return error_response(request, exc.status_code, code, str(exc.detail),
+                              headers=dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(RedisOutOfMemoryError)
+    async def redis_full(request: Request, exc: Exception) -> Response:
+        log.warning("redis full: %s", exc)
+        return error_response(request, 503, ErrorCode.REDIS_FULL, "the job store is full (its maxmemory); retry "
+                              "once the queues drain", headers={"Retry-After": "2"})
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

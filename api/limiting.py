@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -65,7 +65,7 @@ async def limited(request: Request, app: str, handler: Callable[[Request], Await
     return response
 
 
-async def _releasing(body: AsyncIterator[Any], rl: RateLimiter, app: str, member: str) -> AsyncIterator[Any]:
+async def _releasing(body: AsyncIterable[Any], rl: RateLimiter, app: str, member: str) -> AsyncIterator[Any]:
     try:
         async for chunk in body:
             yield chunk

@@ -219,5 +219,5 @@ class _Fleet:
 def render(state: FleetState | None) -> bytes:
     """The facade's registry and the fleet's series; `state` None: Redis could not be read."""
     fleet = CollectorRegistry(auto_describe=False)
-    fleet.register(_Fleet(state))  # type: ignore[arg-type]
+    fleet.register(_Fleet(state))
     return generate_latest(REGISTRY) + generate_latest(fleet)

@@ -6,6 +6,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from dispatcher.limits import MAX_STOP, MAX_STOP_CHARS
+from dispatcher.reports import HealthResponse, ModelInfo, ModelsResponse
+
+__all__ = ["Deadline", "EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "HealthResponse", "InferenceRequest",
+           "InferenceResponse", "JsonInt", "ModelInfo", "ModelsResponse", "OpenAIError", "OpenAIErrorResponse", "Stop",
+           "Timings", "Usage"]
+
 
 def _json_integer(value: Any) -> Any:
     """JSON Schema's integer: 2 and 2.0 are, "2" and true are not (strict pydantic refuses 2.0, lax takes "2")."""
@@ -16,6 +23,9 @@ def _json_integer(value: Any) -> Any:
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
+
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+"""One stop string (OpenAI's `stop`), of both generation routes."""
 
 Deadline = Annotated[float | None, Field(
     None, ge=0.5, le=3600, description="This request's time budget in seconds (default NPU_DEADLINE_S): the wait "
@@ -67,8 +77,9 @@ class InferenceRequest(BaseModel):
     temperature: float | None = Field(None, description="Below 0.01 or absent: greedy; up to 2.")
     allow_cloud: bool = True
     deadline_s: Deadline = None
-    stop: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        None, max_length=4, description="Up to 4 strings; the text ends before the first of them.")
+    stop: list[Stop] | None = Field(
+        None, max_length=MAX_STOP, description=f"Up to {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters; "
+        "the text ends before the first of them.")
     stream: bool = Field(False, description="Answer as server-sent events: `{\"delta\": ...}` as text is "
                          "generated, then `{\"done\": true, ...}` with the whole response.")
 
@@ -83,38 +94,6 @@ class InferenceResponse(BaseModel):
     finish_reason: str | None
     fallback_reason: str | None
     timings: Timings
-
-
-class ModelInfo(BaseModel):
-    name: str
-    task: Literal["embedding", "generation"]
-    dim: int | None
-    max_input_tokens: int
-    loaded: bool
-    workers: int
-    devices: list[str]
-    queue_depth: dict[str, int]
-    cloud_fallback: bool
-
-
-class ModelsResponse(BaseModel):
-    available: list[str]
-    loaded_models: list[str]
-    models: list[ModelInfo]
-
-
-class HealthResponse(BaseModel):
-    status: Literal["healthy", "degraded", "unhealthy"]
-    redis: Literal["ok", "unreachable"]
-    workers: int
-    max_concurrent: int
-    memory_gb: float
-    utilization: float = Field(description="0-100: (queued + running) / max_concurrent over live workers.")
-    device_type: str | None
-    loaded_models: list[str]
-    missing_models: list[str]
-    queue_depth: int
-    cloud_fallback: bool
 
 
 class ErrorResponse(BaseModel):

@@ -6,10 +6,15 @@ node as such: capabilities are only ever what a node reported, never defaults.
 Signed v2, which binds the target host: the address an admin registered may be anyone's, and the
 headers sent there must be worth nothing against another facade (v1 headers would be accepted by every
 facade that knows our key for the whole window). A replayer chooses the Host header it sends, so what
-refuses the replay is a facade that knows its own names: with `NPU_AUTH_HOSTS` set, a v2 signature made
-for any other host is refused. (The nonce cannot be spent here before sending: the nodes detection calls
+refuses the replay is a facade that knows its own names, which every facade does by default (its bound
+address and configured names, or `NPU_AUTH_HOSTS`: `api/hosts.py`): a v2 signature made for any other
+host is refused. (The nonce cannot be spent here before sending: the nodes detection calls
 usually share this Redis, and the one it was meant for would then refuse it.) v1 only for a node marked
-`legacy_signing` (a facade that accepts nothing else). A facade without a signing identity of its own
+`legacy_signing` (a facade that accepts nothing else): the documented exception, logged at each probe,
+since v1 binds no host and its headers verify at any facade that trusts the key within the window.
+An answer is held to our own schema of `/health` and `/models` (`dispatcher.reports`): a node that
+reports anything else (a count no encoder takes, an object or markup where a name belongs) is refused
+with the first field that does not fit, and nothing of it is stored. A facade without a signing identity of its own
 records detection as `not_configured`, and what is stored for viewers is a short reason of ours, never
 the remote's text.
 """
@@ -17,15 +22,23 @@ the remote's text.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
-from .errors import AuthConfigError
+from .errors import AuthConfigError, echo
 from .nodes import Detection, Node
+from .reports import HealthResponse, ModelsResponse
 from .settings import Settings
 from .signing import AsyncServiceHTTPClient
+
+log = logging.getLogger(__name__)
+
+
+R = TypeVar("R", bound=BaseModel)
 
 
 class _Refused(Exception):
@@ -33,6 +46,9 @@ class _Refused(Exception):
 
 
 async def _probe(node: Node, settings: Settings) -> dict[str, Any]:
+    if node.legacy_signing:
+        log.warning("probing node %s with v1 signatures (legacy_signing): the headers it receives verify at "
+                    "any facade that trusts this key, for NPU_AUTH_WINDOW_S (%d s)", node.id, settings.auth_window_s)
     async with AsyncServiceHTTPClient(settings=settings, base_url=node.address or "", v2=not node.legacy_signing,
                                       timeout=settings.detect_timeout_s, follow_redirects=False) as client:
         health, models = await asyncio.gather(client.get("/health"), client.get("/models"))
@@ -40,16 +56,22 @@ async def _probe(node: Node, settings: Settings) -> dict[str, Any]:
         # /health answers 503 when the node is unhealthy: still a report, still JSON.
         if response.status_code not in (200, 503):
             raise _Refused(f"{name} answered HTTP {response.status_code}")
+    h = _report(HealthResponse, "/health", health)
+    m = _report(ModelsResponse, "/models", models)
+    return {"models": m.available, "maxConcurrent": h.max_concurrent, "memoryGB": h.memory_gb,
+            "deviceType": h.device_type, "utilization": h.utilization, "status": h.status,
+            "loadedModels": m.loaded_models}
+
+
+def _report(schema: type[R], route: str, response: httpx.Response) -> R:
+    """The answer held to our own schema of that route: anything else is refused, with the first field
+    that does not fit and why (pydantic's wording, which does not quote the value)."""
     try:
-        h, m = health.json(), models.json()
-    except ValueError:
-        raise _Refused("the answer is not JSON") from None
-    if not (isinstance(h, dict) and isinstance(m, dict)):
-        raise _Refused("the answer is not a JSON object")
-    return {"models": m.get("available", []), "maxConcurrent": h.get("max_concurrent"),
-            "memoryGB": h.get("memory_gb"), "deviceType": h.get("device_type"),
-            "utilization": h.get("utilization"), "status": h.get("status"),
-            "loadedModels": m.get("loaded_models", [])}
+        return schema.model_validate_json(response.content)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the answer"
+        raise _Refused(echo(f"{route} does not fit the schema: {where}: {first['msg']}")) from None
 
 
 def _reason(exc: BaseException) -> str:

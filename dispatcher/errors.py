@@ -27,6 +27,8 @@ class ErrorCode(str, Enum):
     TOO_MANY_MESSAGES = "too_many_messages"
     INPUT_TOO_LARGE = "input_too_large"
     BODY_TOO_LARGE = "body_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    """The request's body did not arrive within NPU_BODY_TIMEOUT_S."""
     INPUT_TOO_LONG = "input_too_long"
     TOO_MANY_TOKENS = "too_many_tokens"
     UNKNOWN_MODEL = "unknown_model"
@@ -40,6 +42,8 @@ class ErrorCode(str, Enum):
     """A generation needs more KV cache (prompt + max_tokens) than the worker has for the model."""
     UNAVAILABLE = "unavailable"
     REDIS_UNAVAILABLE = "redis_unavailable"
+    REDIS_FULL = "redis_full"
+    """Redis reached its `maxmemory` and refuses new jobs (nothing is evicted): retry once the queues drain."""
     # a worker took the job and it failed
     JOB_FAILED = "job_failed"
     INFERENCE_FAILED = "inference_failed"
@@ -49,6 +53,16 @@ class ErrorCode(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+ECHO_CHARS = 64
+"""Most characters of a caller's own value (a model name) an answer repeats: enough to recognise it,
+never the caller's megabytes back."""
+
+
+def echo(value: str) -> str:
+    """A caller's value as an answer may quote it: its first `ECHO_CHARS` characters, then "..."."""
+    return value if len(value) <= ECHO_CHARS else value[:ECHO_CHARS] + "..."
 
 
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
@@ -78,7 +92,7 @@ class ModelNotFoundError(NPUError):
     status = 404
 
     def __init__(self, model: str, available: list[str]):
-        super().__init__(f"unknown model {model!r}; available: {', '.join(available)}", available=available)
+        super().__init__(f"unknown model {echo(model)!r}; available: {', '.join(available)}", available=available)
         self.model = model
 
 
@@ -110,6 +124,14 @@ class InputTooLargeError(InvalidInputError):
     """Input beyond a documented size limit of the service (texts per request, characters)."""
 
     status = 413
+
+
+class RequestTimeoutError(NPUError):
+    """408: the caller took too long to send its request; the connection is closed after the answer."""
+
+    code = ErrorCode.REQUEST_TIMEOUT
+    status = 408
+    headers = {"Connection": "close"}
 
 
 class NPUUnavailableError(NPUError):

@@ -43,31 +43,45 @@ def check_text(value: str, where: str) -> None:
         raise InvalidInputError(f"{where} is not valid text: it holds a lone UTF-16 surrogate", field=where)
 
 
-def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
-    if isinstance(value, str):
-        yield where, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield f"{where}.{key}" if where else str(key), str(key)
-            yield from _strings(item, f"{where}.{key}" if where else str(key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _strings(item, f"{where}.{i}" if where else str(i))
+def _strings(value: Any) -> Iterator[tuple[str, str]]:
+    """Every string of a JSON value, keys included, with where it is; a loop, not recursion, so no
+    nesting depth a body can have makes it fail."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            yield where, item
+        elif isinstance(item, dict):
+            for key, inner in reversed(item.items()):
+                path = f"{where}.{key}" if where else str(key)
+                stack.append((path, inner))
+                stack.append((path, str(key)))
+        elif isinstance(item, list):
+            stack.extend((f"{where}.{i}" if where else str(i), inner) for i, inner in reversed(list(enumerate(item))))
 
 
 def check_json_text(body: bytes) -> None:
     """Every string of a JSON body, keys included, is valid text (the facade checks each body once, before
     its fields are parsed, so no field, however little it matters, fails later on a surrogate). Cheap
-    when there is no surrogate escape; a body that is not JSON is left to the parser's own error."""
+    when there is no surrogate escape; a body that is not JSON is left to the parser's own error, one
+    nested deeper than the parser goes is refused here."""
     if not _SURROGATE_ESCAPE.search(body):
         return
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise InvalidInputError("the body nests arrays or objects too deeply", code=ErrorCode.INVALID_REQUEST) from None
     except ValueError:
         return
-    for where, value in _strings(data, ""):
+    for where, value in _strings(data):
         check_text(value, where or "body")
 
+
+MAX_STOP = 4
+"""Stop strings per generation, as OpenAI allows."""
+MAX_STOP_CHARS = 256
+"""Characters per stop string: a stop string ends text the model writes, and no such ending is longer; a
+longer one only costs memory in every queue and worker it passes."""
 
 TEMPERATURE: tuple[float, float] = (0, 2)
 """Sampling temperature a generation may ask for (OpenAI's range); fixed, not a setting."""

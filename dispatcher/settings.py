@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # --- Where things live
     state_dir: Path = Field(Path.home() / ".local" / "share" / "npu-worker",
                             description="Prepared models, embedded Redis data, generated credentials.")
+    redis_maxmemory_mb: int = Field(1024, ge=0, description="Memory bound of the embedded Redis (0: none); when "
+                                    "it is reached, writes are refused (503 `redis_full`), nothing is evicted.")
     models_file: Path | None = Field(None, description="Extra model registry (TOML) merged over the bundled one.")
 
     # --- Worker
@@ -143,7 +145,9 @@ class Settings(BaseSettings):
                                   "signs query, nonce and body.")
     auth_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Host header values (`name` or `name:port`) a v2 signature may be made "
-        "for: a signature made for another server is refused here. Empty: any host.")
+        "for: a signature made for another server is refused here. Empty: the names this facade serves as "
+        "(its bound address, `localhost`, this machine's host name and NPU_NODE_ADDRESS's host, each with the "
+        "bound port); set it when callers reach the facade by another name (a proxy, a mapped port).")
     auth_window_s: int = Field(300, ge=1, le=3600, description="Largest clock difference a signature may "
                                "have; v2 nonces are remembered this long.")
     admin_tokens: Annotated[list[SecretStr], NoDecode] = Field(
@@ -180,6 +184,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body the facade "
                                 "reads (413 above, refused while it streams in). The default holds the "
                                 "largest request the input limits allow, even JSON-escaped.")
+    header_timeout_s: float = Field(10.0, gt=0, le=300, description="Longest a connection may take to send a "
+                                    "request's headers (from connect, or from the previous answer): a client "
+                                    "that trickles or holds them is disconnected.")
+    body_timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest a request's body may take to arrive "
+                                  "once its headers did: 408 `request_timeout` after it, the connection closed.")
     log_level: str = "INFO"
     log_json: bool = Field(False, description="One JSON object per log line (with request ids).")
     metrics_public: bool = Field(False, description="Serve /metrics without credentials (for a scraper on a "

@@ -14,11 +14,16 @@ nonce):
 function, so one raw path routes to one path, and no two raw paths share a signature. `host` is the Host
 header as sent, lowercased (`facade.example:8081`): like AWS SigV4, a signature made for one server is
 refused by another, so a request signed to a node that turned out hostile cannot be replayed against
-ours (a proxy in front of a facade must pass Host through). `timestamp` is the X-Service-Timestamp header
-exactly as sent (integer unix seconds); `canonical_query` is the query's name=value pairs sorted and
-percent-encoded (RFC 3986 unreserved characters left as they are), empty when there is none. A request
-that carries X-Service-Nonce is a v2 request. The "v2:" prefix keeps a v2 signature from ever verifying
-as v1, so stripping the nonce header cannot downgrade a request.
+ours (a proxy in front of a facade must pass Host through). A facade accepts the names it serves as
+(`api/hosts.py`; NPU_AUTH_HOSTS to name others), so this holds by default. `timestamp` is the
+X-Service-Timestamp header exactly as sent (integer unix seconds); `canonical_query` is the query's
+name=value pairs sorted by name, the values of a repeated name in the order sent (`?role=a&role=b` and
+`?role=b&role=a` are different requests: a route reading one value reads the last), percent-encoded (RFC
+3986 unreserved characters left as they are), empty when there is none. (Earlier releases sorted repeated values
+too; a client of theirs signs the same message whenever it sends a repeated name's values
+in sorted order, and every other query alike.) A request that carries X-Service-Nonce is a v2 request.
+The "v2:" prefix keeps a v2 signature from ever verifying as v1, so stripping the nonce header cannot
+downgrade a request.
 
 v1 binds neither host, query, body nor a nonce: a v1 request seen by anyone (a log, a proxy, a node it
 was sent to) can be replayed, to any facade that trusts the key, until its timestamp leaves the window.
@@ -59,10 +64,13 @@ _UNKNOWN_SERVICE_KEY = secrets.token_hex(32)
 
 
 def canonical_query(query: str | bytes) -> str:
-    """Sorted and re-encoded, so parameter order and `+` / `%20` choices of clients and proxies do not matter."""
+    """Sorted by name and re-encoded, so the order of different names and the `+` / `%20` choices of
+    clients and proxies do not matter; the values of a repeated name keep their order (a stable sort),
+    since that order is meaning: a scalar parameter reads the last one."""
     if isinstance(query, bytes):
         query = query.decode("latin-1")
-    return urlencode(sorted(parse_qsl(query, keep_blank_values=True)), safe="", quote_via=quote)
+    pairs = sorted(parse_qsl(query, keep_blank_values=True), key=lambda pair: pair[0])
+    return urlencode(pairs, safe="", quote_via=quote)
 
 
 def body_digest(body: bytes) -> str:
@@ -74,9 +82,11 @@ def v1_message(service_id: str, method: str, path: str, timestamp: str) -> str:
 
 
 def v2_message(service_id: str, method: str, path: str, query: str | bytes, timestamp: str, nonce: str,
-               body: bytes, host: str = "") -> str:
+               body: bytes, host: str = "", body_sha256: str | None = None) -> str:
+    """`body_sha256`, when given, stands for the body: a verifier that hashed it as it streamed in."""
+    digest = body_digest(body) if body_sha256 is None else body_sha256
     return (f"v2:{service_id}:{method.upper()}:{host.lower()}:{path}:{canonical_query(query)}:{timestamp}:{nonce}:"
-            f"{body_digest(body)}")
+            f"{digest}")
 
 
 def raw_path(raw: bytes) -> str:
@@ -119,16 +129,17 @@ class Verified:
 
 def verify(headers: Mapping[str, str], method: str, path: str, query: str | bytes, body: bytes,
            keys: Mapping[str, Sequence[str]], *, window_s: int, require_v2: bool = False,
-           now: float | None = None, host: str = "") -> Verified:
+           now: float | None = None, host: str = "", body_sha256: str | None = None) -> Verified:
     """Checks one request's service signature; raises `UnauthorizedError` (public message, private reason).
 
-    `path` is the raw path as received (`raw_path`), `host` the Host header. `headers` holds each auth
+    `path` is the raw path as received (`raw_path`), `host` the Host header, `body_sha256` the body's
+    digest when the caller hashed it while it streamed (then `body` is not read). `headers` holds each auth
     header once (the caller refuses duplicates). Replay of a v2 nonce is the caller's check, since it
     needs shared state (Redis).
     """
     service_id, signature, timestamp, nonce = verify_headers(headers, window_s=window_s, now=now)
     if nonce is not None:
-        message = v2_message(service_id, method, path, query, timestamp, nonce, body, host)
+        message = v2_message(service_id, method, path, query, timestamp, nonce, body, host, body_sha256)
     elif require_v2:
         raise UnauthorizedError(UnauthorizedError.INVALID, "v1_refused")
     else:

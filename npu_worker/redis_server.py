@@ -8,6 +8,10 @@ kept in its directory (`password`, 0600, reused on restart so clients' URLs stay
 reaches the server through a config file (0600), never its command line, which every user can read in
 `ps`. The directory is 0700 and the server runs with umask 077, so its log and append-only file are
 private too.
+
+Bounded and trimmed: `maxmemory` with `noeviction`, so a full Redis refuses new writes (callers get an
+error) instead of silently evicting queued jobs; CONFIG, MODULE and DEBUG are disabled, so the password
+does not also let a client rewrite the server's files, load code into it or crash it.
 """
 
 from __future__ import annotations
@@ -52,11 +56,16 @@ def write_private(path: Path, text: str) -> None:
     path.chmod(0o600)  # an existing file keeps its old mode through O_CREAT
 
 
+DISABLED_COMMANDS = ("CONFIG", "MODULE", "DEBUG")
+
+
 class EmbeddedRedis:
-    def __init__(self, directory: Path, port: int | None = None, persist: bool = True):
+    def __init__(self, directory: Path, port: int | None = None, persist: bool = True, maxmemory_mb: int = 0):
         self.directory = directory
         self.port = port or free_port()
         self.persist = persist
+        self.maxmemory_mb = maxmemory_mb
+        """0: no bound."""
         self.process: subprocess.Popen[bytes] | None = None
         self.password = ""
 
@@ -79,7 +88,10 @@ class EmbeddedRedis:
         self.directory.chmod(0o700)
         self.password = self._password()
         config = self.directory / "redis.conf"
-        write_private(config, f"requirepass {self.password}\n")
+        lines = [f"requirepass {self.password}", *(f'rename-command {c} ""' for c in DISABLED_COMMANDS)]
+        if self.maxmemory_mb:
+            lines += [f"maxmemory {self.maxmemory_mb}mb", "maxmemory-policy noeviction"]
+        write_private(config, "\n".join(lines) + "\n")
         args = [redis_server_binary(), str(config), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--save", "", "--appendonly", "yes" if self.persist else "no",
                 "--daemonize", "no", "--logfile", str(self.directory / "redis.log")]

@@ -28,6 +28,14 @@ def parse_chain(chain: str) -> list[str]:
     return devices
 
 
+def shortened(reason: str, limit: int = 200) -> str:
+    """At most `limit` characters, cut at a word boundary (a reason cut mid-word reads as a different word)."""
+    if len(reason) <= limit:
+        return reason
+    cut = reason[:limit - 4].rsplit(" ", 1)[0] if " " in reason[:limit - 4] else reason[:limit - 4]
+    return cut.rstrip(" ,;:") + " ..."
+
+
 def first_that_compiles(build: Callable[[str], T], chain: list[str], what: str) -> tuple[T, str]:
     """Build on each device of the chain; return the first success and its device."""
     errors = []
@@ -37,7 +45,7 @@ def first_that_compiles(build: Callable[[str], T], chain: list[str], what: str) 
         except Exception as exc:  # OpenVINO raises plain RuntimeError for every kind of failure
             # OpenVINO's first lines are source locations; the last one says what went wrong.
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            reason = (lines[-1] if lines else repr(exc))[:200]
+            reason = shortened(lines[-1] if lines else repr(exc))
             log.info("%s: %s unavailable (%s)", what, device, reason)
             errors.append(f"{device}: {reason}")
             continue

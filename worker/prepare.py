@@ -94,10 +94,22 @@ def prepare(spec: ModelSpec, force: bool = False) -> bool:
     return True
 
 
+def private_tree(root: Path) -> None:
+    """The state directory's models are its owner's only, like everything else there: directories 0700,
+    files 0600 (also those built by an earlier version with the umask's modes)."""
+    if not root.is_dir():
+        return
+    root.chmod(0o700)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 def prepare_all(settings: Settings, names: list[str] | None = None, force: bool = False) -> list[str]:
     registry = Registry.load(settings)
     done = []
     for name in names or registry.names:
         if prepare(registry.get(name), force=force):
             done.append(name)
+    private_tree(settings.models_dir)
     return done

@@ -112,7 +112,7 @@ def _line(raw: bytes, endpoint: str, dispatcher: AsyncDispatcher, seen: set[str]
 
 
 def _embedding(body: OpenAIEmbeddingsRequest, custom_id: str, dispatcher: AsyncDispatcher) -> dict[str, Any]:
-    spec = dispatcher.core.spec(body.model, "embedding")
+    spec = dispatcher.policy.spec(body.model, "embedding")
     texts = dispatcher.check_texts([body.input] if isinstance(body.input, str) else body.input)
     if body.dimensions is not None and spec.dim is not None and body.dimensions != spec.dim:
         raise _Refused("invalid_input", f"{spec.name} returns {spec.dim} dimensions; it cannot return "
@@ -126,7 +126,7 @@ def _chat(body: ChatRequest, custom_id: str, dispatcher: AsyncDispatcher) -> dic
         raise _Refused("invalid_request", "A batch line cannot stream.", "body.stream")
     if body.stop:
         raise _Refused("invalid_request", "stop is not supported in a batch line.", "body.stop")
-    spec = dispatcher.core.spec(body.model, "generation")
+    spec = dispatcher.policy.spec(body.model, "generation")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     dispatcher.check_prompt(messages, max_tokens(body), body.temperature)
     return {"kind": "generate", "model": spec.name, "custom_id": custom_id, "messages": messages,

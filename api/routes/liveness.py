@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from dispatcher.errors import ErrorCode
+from dispatcher.errors import ErrorCode, echo
 from dispatcher.fleet import by_model
 
 from ..auth import AuthenticatedRoute, public
@@ -43,7 +43,7 @@ async def readyz(dispatcher: AsyncDispatcherDep, fleet: Fleet, model: str | None
     names = dispatcher.registry.names
     if model is not None and model not in names:
         return ORJSONResponse({"status": "not_ready", "error": ErrorCode.MODEL_NOT_FOUND,
-                               "message": f"unknown model {model!r}", "available": names}, status_code=404)
+                               "message": f"unknown model {echo(model)!r}", "available": names}, status_code=404)
     wanted = [model] if model is not None else names
     try:
         beats = await asyncio.wait_for(fleet.heartbeats(), READY_TIMEOUT_S)

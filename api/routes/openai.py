@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.errors import InvalidInputError
-from dispatcher.limits import ChatRole
+from dispatcher.limits import MAX_STOP, MAX_STOP_CHARS, ChatRole
 from dispatcher.models import ModelSpec
 from dispatcher.results import EmbedResult, GenerateResult, StreamChunk
 
@@ -27,13 +27,11 @@ from .. import metrics
 from ..auth import RESPONSES, AuthenticatedRoute, require_inference, require_models
 from ..deps import AsyncDispatcherDep
 from ..responses import ORJSONResponse
-from ..schemas import Deadline, JsonInt, OpenAIErrorResponse
+from ..schemas import Deadline, JsonInt, OpenAIErrorResponse, Stop
 
 # The openai client sends `Authorization: Bearer <api_key>`: an app key (NPU_API_KEYS), or an admin token.
 router = APIRouter(route_class=AuthenticatedRoute, prefix="/v1", tags=["openai"], responses=RESPONSES)
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse} for code in (400, 404, 413, 429, 503)}
-MAX_STOP = 4
-"""Stop strings per request, as OpenAI allows."""
 STARTED = int(time.time())
 
 
@@ -75,9 +73,6 @@ class StreamOptions(BaseModel):
                                 "and the request's `usage`; every other chunk has `usage: null`.")
 
 
-Stop = Annotated[str, Field(min_length=1)]
-
-
 class ChatRequest(BaseModel):
     model_config = STRICT
     model: str
@@ -90,7 +85,8 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOP)] | None = Field(
-        None, description="Up to 4 strings; the text ends before the first.")
+        None, description=f"Up to {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters; the text ends "
+        "before the first.")
     n: JsonInt = Field(1, ge=1, le=1, description="Only one choice per request.")
     user: str | None = Field(None, description="OpenAI's end-user id: accepted, changes nothing.")
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from dispatcher.settings import Settings
-from tests.conftest import ROOT, WorkerProcess, worker_env
+from tests.conftest import ROOT, SERVICE_ID, SERVICE_KEY, WorkerProcess, worker_env
 
 
 def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -62,3 +63,22 @@ def test_alive_finds_a_workers_own_heartbeat(settings: Settings, worker: WorkerP
     out = cli(settings, "alive", "--pid", str(worker.proc.pid))
     assert out.returncode == 0 and "alive" in out.stdout, out.stderr
     one_line_failure(cli(settings, "alive", "--pid", "1"), 1, "no live heartbeat from worker pid 1")
+
+
+def test_without_a_running_stack_nothing_guesses_a_redis_or_a_facade(isolated: Settings, tmp_path: Path) -> None:
+    """No REDIS_URL and a state directory without a running `up`: say so and fail, never use whatever
+    listens on localhost:6379 or :8081."""
+    env = {k: v for k, v in worker_env(isolated, NPU_STATE_DIR=str(tmp_path)).items() if k != "REDIS_URL"}
+    for command in ("status", "alive", "work"):
+        one_line_failure(subprocess.run([sys.executable, "-m", "npu_worker", command], env=env, cwd=ROOT,
+                                        capture_output=True, text=True, timeout=120), 1, "no Redis")
+    signing = {"NPU_SERVICE_ID": SERVICE_ID, "NPU_SERVICE_KEY": SERVICE_KEY}
+    call = [sys.executable, "-m", "npu_worker", "call", "GET", "/health"]
+    one_line_failure(subprocess.run(call, env={**env, **signing}, cwd=ROOT, capture_output=True, text=True,
+                                    timeout=120), 1, "no facade")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    # a facade that is not there is not bad input: exit 1, one `error:` line
+    one_line_failure(subprocess.run([*call, "--url", url], env={**env, **signing}, cwd=ROOT, capture_output=True,
+                                    text=True, timeout=120), 1, url)

@@ -51,6 +51,14 @@ def test_sigterm_drains_a_running_generation_and_exits_0(isolated: Settings) -> 
         proc.stop()
 
 
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def _load(s: Settings, stop: threading.Event, outcomes: Counter[str], n: int) -> None:
     d = Dispatcher(s)
     i = 0
@@ -92,18 +100,16 @@ def test_up_restarts_its_workers_on_sighup_without_errors(isolated: Settings, cl
             t.start()
         time.sleep(2)
         up.send_signal(signal.SIGHUP)
-        while "rolling restart done" not in log.read_text():
+        # Done when two new workers are live and both old ones have exited (the order and the exit codes
+        # are the supervisor's own tests, tests/cli/test_supervisor.py).
+        while len(after := {b.pid for b in live_beats(isolated)}) != 2 or after & first or any(map(_exists, first)):
             assert up.poll() is None and time.monotonic() < deadline + 120, log.read_text()
             time.sleep(0.2)
         time.sleep(1)
         stop.set()
         for t in threads:
             t.join(timeout=20)
-        after = {b.pid for b in live_beats(isolated)}
-        text = log.read_text()
         print(f"\nsteady load through a rolling restart: {dict(outcomes)}")
-        assert len(after) == 2 and not after & first, (first, after)
-        assert text.count("drained (exit 0)") == 2, text
         assert set(outcomes) == {"npu"}, outcomes  # no error, no cloud fallback
         assert outcomes["npu"] > 200
     finally:

@@ -70,6 +70,12 @@ def test_up_runs_redis_facade_and_worker_and_stops_them_all(tmp_path: Path, sett
         printed = log.read_text()
         assert str(credentials) in printed and "npu-worker call" in printed
         assert secrets["service_key"] not in printed and secrets["admin_token"] not in printed
+        # the OpenAI section's app key is named too (where it is, not what it is)
+        assert "api_key <app_key from that file>" in printed and secrets["app_key"] not in printed
+        # the prepared models are private like the rest of the state directory
+        models = (state / "models").resolve()
+        assert stat.S_IMODE(models.stat().st_mode) == 0o700
+        assert all(stat.S_IMODE(p.stat().st_mode) == (0o700 if p.is_dir() else 0o600) for p in models.rglob("*"))
         # up says when the models are served, so the quick start's first call does not meet a 503.
         while "ready: all-minilm-l6-v2, smollm2-135m-instruct served at" not in log.read_text():
             assert time.monotonic() < deadline, log.read_text()
@@ -90,6 +96,12 @@ def test_up_runs_redis_facade_and_worker_and_stops_them_all(tmp_path: Path, sett
         missing = subprocess.run([*call, "GET", "/nope"], capture_output=True, text=True, timeout=60, cwd=ROOT,
                                  env=env)
         assert missing.returncode == 1 and "404" in missing.stderr
+        # Without --url, call finds the facade up announced (here not on the default port).
+        facade = state / "facade.url"
+        assert facade.read_text().strip() == base and stat.S_IMODE(facade.stat().st_mode) == 0o600
+        found = subprocess.run([sys.executable, "-m", "npu_worker", "call", "GET", "/health"], capture_output=True,
+                               text=True, timeout=60, cwd=ROOT, env=env)
+        assert found.returncode == 0 and json.loads(found.stdout)["status"] == "healthy", found.stderr
         # The generated admin token is an operator's way in.
         admin = httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {secrets['admin_token']}"})
         assert admin.status_code == 200
@@ -125,3 +137,8 @@ def test_up_runs_redis_facade_and_worker_and_stops_them_all(tmp_path: Path, sett
         time.sleep(0.2)
     assert not _group_alive(proc.pid), "a child of up outlived it"
     assert not (state / "redis.url").exists()  # nothing announces a Redis that is gone
+    assert not (state / "facade.url").exists()
+    # ... and nothing falls back to another Redis: status says no stack runs
+    status = subprocess.run([sys.executable, "-m", "npu_worker", "status"], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT, env=env)
+    assert status.returncode == 1 and status.stderr.startswith("error: no Redis"), status.stdout + status.stderr

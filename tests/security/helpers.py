@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 import time
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 
-from api.app import create_app
+from api.app import create_app, server_options
 from dispatcher.settings import Settings
+from tests.cloud_server import ThreadedServer
 from tests.conftest import SERVICE_ID, SERVICE_KEY
 
 MODEL = "all-minilm-l6-v2"
@@ -47,3 +50,14 @@ class Counting:
             return message
 
         await self.inner(scope, counted, send)
+
+
+def served(settings: Settings, asgi: Any = None) -> ThreadedServer:
+    """The facade (or `asgi`, wrapping it) under uvicorn with the options `npu-worker serve` and `up` pass
+    (server_options), logging to the root logger as they do."""
+    server = ThreadedServer(asgi or create_app(settings))
+    config = uvicorn.Config(server.server.config.app, host="127.0.0.1", port=server.port, log_level="info",
+                            log_config=None, **server_options(settings))
+    server.server = uvicorn.Server(config)
+    server.thread = threading.Thread(target=server.server.run, daemon=True)
+    return server.start()

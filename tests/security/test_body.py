@@ -3,6 +3,8 @@ the route has its body capped while it streams in (413 `body_too_large`)."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -12,8 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dispatcher.settings import Settings
+from dispatcher.signing import sign_headers
 from tests.cloud_server import ThreadedServer
-from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN
+from tests.conftest import ADMIN_TOKEN, SERVICE_ID, SERVICE_KEY, VIEWER_TOKEN
 
 from .helpers import JSON, MODEL, Counting, app, bearer
 
@@ -91,5 +94,62 @@ def test_a_stranger_with_a_huge_declared_body_gets_401_at_once_over_a_real_socke
             answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
         assert time.monotonic() - started < 5 and counting.received == 0
+    finally:
+        server.stop()
+
+
+# --- round 3, point 1: v2 service headers are checked before the body; the cap is told only to a verified caller
+
+BIG = b"x" * (2 * 1024 * 1024)
+
+
+def _v2(body: bytes, service_id: str = SERVICE_ID, key: str = SERVICE_KEY, host: str = "testserver",
+        nonce: str | None = None) -> dict[str, str]:
+    return {**JSON, **sign_headers(service_id, key, "POST", "/embeddings", body=body, v2=True, host=host,
+                                   nonce=nonce)}
+
+
+def test_v2_headers_that_cannot_verify_are_refused_before_the_body_is_read(
+        counted: tuple[TestClient, Counting]) -> None:
+    client, app = counted
+    made_up = _v2(BIG, service_id="made-up", key=secrets.token_hex(32))  # current timestamp, 64 hex, a nonce
+    assert client.post("/embeddings", content=BIG, headers=made_up).status_code == 401
+    other_host = _v2(BIG, host="node.example")
+    assert client.post("/embeddings", content=BIG, headers={**other_host, "host": "node.example"}).status_code == 401
+    assert app.received == 0
+    small = json.dumps({"texts": ["x"], "model": MODEL, "allow_cloud": False, "deadline_s": 0.5}).encode()
+    once = _v2(small)
+    assert client.post("/embeddings", content=small, headers=once).status_code == 503  # verified: no worker here
+    app.received = 0
+    assert client.post("/embeddings", content=BIG, headers={**once, "content-length": str(len(BIG))}).status_code == 401
+    assert app.received == 0  # the nonce was spent: refused unread
+
+
+def test_over_the_cap_only_a_verified_v2_caller_hears_413(counted: tuple[TestClient, Counting]) -> None:
+    client, _ = counted
+    wrong_key = client.post("/embeddings", content=BIG, headers=_v2(BIG, key=secrets.token_hex(32)))
+    assert wrong_key.status_code == 401, wrong_key.text  # the stranger does not learn the cap
+    verified = client.post("/embeddings", content=BIG, headers=_v2(BIG))
+    assert verified.status_code == 413 and verified.json()["error"] == "body_too_large", verified.text
+    small = json.dumps({"texts": ["x"], "model": MODEL, "allow_cloud": False, "deadline_s": 0.5}).encode()
+    assert client.post("/embeddings", content=small, headers=_v2(small)).status_code == 503  # body read, kept
+
+
+def test_a_made_up_service_with_a_huge_body_is_answered_before_it_is_sent(isolated: Settings) -> None:
+    """Over uvicorn: 20 MB declared under v2-looking headers of an unknown service, 20 bytes sent; the 401
+    comes without waiting for the rest."""
+    counting = Counting(app(isolated))
+    server = ThreadedServer(counting).start()  # type: ignore[arg-type]
+    headers = sign_headers("made-up", secrets.token_hex(32), "POST", "/embeddings", body=b"", v2=True,
+                           host=f"127.0.0.1:{server.port}")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(f"POST /embeddings HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n".encode()
+                         + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+                         + b"content-type: application/json\r\ncontent-length: 20971520\r\n\r\n"
+                         + b'{"texts": ["x"], "mo')
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        assert counting.received == 0
     finally:
         server.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,17 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
-from api.app import create_app, server_options
 from dispatcher.client import Dispatcher
 from dispatcher.logs import configure
 from dispatcher.settings import Settings
-from tests.cloud_server import ThreadedServer
 from tests.conftest import WorkerProcess
 
-from .helpers import MODEL, app
+from .helpers import MODEL, app, served
 
 
 @pytest.fixture
@@ -49,21 +46,11 @@ def test_control_characters_in_logged_values_are_escaped(isolated: Settings, log
     assert "\\x85second" in written
 
 
-def _served(settings: Settings) -> ThreadedServer:
-    """The facade under uvicorn with the options `npu-worker serve` and `up` pass (server_options)."""
-    server = ThreadedServer(create_app(settings))
-    config = uvicorn.Config(server.server.config.app, host="127.0.0.1", port=server.port, log_level="warning",
-                            **server_options(settings))
-    server.server = uvicorn.Server(config)
-    server.thread = threading.Thread(target=server.server.run, daemon=True)
-    return server.start()
-
-
 @pytest.mark.parametrize("trusted", [False, True])
 def test_x_forwarded_for_is_believed_only_from_trusted_proxies(isolated: Settings, log_lines: io.StringIO,
                                                                trusted: bool) -> None:
     settings = isolated.model_copy(update={"trusted_proxies": ["127.0.0.1"] if trusted else []})
-    server = _served(settings)
+    server = served(settings)
     try:
         httpx.get(f"{server.url}/health", headers={"X-Forwarded-For": "203.0.113.9"})
     finally:
@@ -97,3 +84,16 @@ def test_bulk_job_payloads_are_not_logged_at_info(isolated: Settings, tmp_path: 
     written = log.read_text()
     assert job.id in written  # rq logged the job at INFO: the check below could fail
     assert secret not in written and "'texts': [" not in written
+
+
+def test_a_request_id_outside_the_safe_shape_is_replaced(isolated: Settings, log_lines: io.StringIO) -> None:
+    """Round 3, point 7: an X-Request-ID with a space cannot forge a field of the access line."""
+    with TestClient(app(isolated)) as client:
+        forged = client.get("/livez", headers={"X-Request-ID": "x caller=admin:admin"})
+        too_long = client.get("/livez", headers={"X-Request-ID": "a" * 129})
+        fine = client.get("/livez", headers={"X-Request-ID": "trace-1.a:b_c"})
+    for replaced in (forged, too_long):
+        assert re.fullmatch("[0-9a-f]{16}", replaced.headers["x-request-id"]), replaced.headers["x-request-id"]
+    assert fine.headers["x-request-id"] == "trace-1.a:b_c"
+    written = log_lines.getvalue()
+    assert "rid=trace-1.a:b_c " in written and "caller=admin:admin" not in written and "a" * 129 not in written

@@ -135,3 +135,13 @@ def test_v1_is_refused_when_v2_is_required(isolated: Settings) -> None:
     with TestClient(app(isolated, auth_require_v2=True)) as c:
         assert c.get("/models", headers=seed_v1("GET", "/models")).status_code == 401
         assert c.get("/models", headers=v2("GET", "/models")).status_code == 200
+
+
+def test_the_order_of_a_repeated_query_name_is_signed(client: TestClient) -> None:
+    """Round 3, point 9: `?role=a&role=b` is another request than `?role=b&role=a` (a route reads the last)."""
+    reordered = client.get("/models?role=b&role=a", headers=v2("GET", "/models", query="role=a&role=b"))
+    assert reordered.status_code == 401
+    as_signed = client.get("/models?role=a&role=b", headers=v2("GET", "/models", query="role=a&role=b"))
+    assert as_signed.status_code == 200
+    names_moved = client.get("/models?role=a&x=1", headers=v2("GET", "/models", query="x=1&role=a"))
+    assert names_moved.status_code == 200  # different names: their order is free
