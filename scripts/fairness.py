@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from dispatcher.settings import Settings
-from scripts.harness import SENTENCES, Stack, markdown_table, wait_healthy, wait_quiet
+from scripts.harness import SENTENCES, Stack, markdown_table, wait_quiet
 
 MODEL = "all-minilm-l6-v2"
 KEY_A, KEY_B, ADMIN = "fairness-app-a-key", "fairness-app-b-key", "fairness-admin-token"
@@ -53,9 +53,21 @@ def stack(workdir: Path) -> Stack:
     s = Stack(workdir, "fair", env, token=ADMIN)
     s.start("work", "--model", MODEL)
     s.start("serve", "--port", str(s.port))
-    wait_healthy(s.url, s.headers, timeout=180)
+    wait_serving(s.url, s.headers, timeout=180)
     wait_quiet([p.pid for p in s.procs])
     return s
+
+
+def wait_serving(url: str, headers: dict[str, str], timeout: float) -> None:
+    """Until the facade reports a live worker with the model (`/health` says degraded: the stack serves
+    one model of the registry's two)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if MODEL in httpx.get(f"{url}/health", headers=headers, timeout=2).json().get("loaded_models", []):
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not serve {MODEL} in {timeout:.0f}s")
 
 
 # --- B: one request at a time, in a process of its own
