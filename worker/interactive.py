@@ -297,6 +297,9 @@ class InteractiveLane:
                                                 token_counts=result.token_counts, truncated=result.truncated,
                                                 inference_ms=batch.inference_ms, batch_size=batch.texts)))
         self.stats.add("jobs", sum(isinstance(result, Embedded) for result in batch.results))
+        for job, result in zip(jobs, batch.results, strict=True):
+            if isinstance(result, Embedded):
+                self.stats.add(f"app:{job.app or '-'}:work", len(result.token_counts))
         return replies
 
     def _admit(self, engine: GenerationEngine, job: Job) -> tuple[Job, Reply]:
@@ -325,6 +328,7 @@ class InteractiveLane:
         else:
             self.stats.add("jobs")
             self.stats.count_model(engine.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
+            self.stats.add(f"app:{job.app or '-'}:work", result.completion_tokens)
             reply = DoneReply(**self._base(engine, job, started), text=result.text,
                               prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                               finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,

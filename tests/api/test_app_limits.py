@@ -63,7 +63,8 @@ def test_the_openai_client_retries_a_429_by_its_headers_and_succeeds(limited: Li
     assert refused.value.response.json()["error"]["code"] == "rate_limit_exceeded"
 
 
-def test_an_app_without_limits_is_not_limited_and_apps_are_counted_apart(limited: LiveFacade) -> None:
+def test_an_app_without_limits_is_not_limited_and_apps_are_counted_apart(limited: LiveFacade,
+                                                                         settings: Settings) -> None:
     """A bare key (the session's) has no limits: 4 requests in one second pass, where `rated` gets 2."""
     from tests.conftest import APP_KEY
 
@@ -74,6 +75,17 @@ def test_an_app_without_limits_is_not_limited_and_apps_are_counted_apart(limited
     metrics = httpx.get(f"{limited.url}/metrics", headers={"Authorization": f"Bearer {_admin()}"}).text
     rated = [line for line in metrics.splitlines() if line.startswith("npu_requests_total") and 'app="rated"' in line]
     assert rated, "requests of the app `rated` are counted under its name"
+    # the worker counts the work it served per app (the job carried the app): the operator's details panel
+    node = settings.node_id
+    end = time.monotonic() + 10
+    while True:
+        details = httpx.get(f"{limited.url}/api/nodes/{node}/npu/details",
+                            headers={"Authorization": f"Bearer {_admin()}"}).json()
+        served = {a["name"]: a["work"] for a in details.get("apps", [])}
+        if served.get("rated", 0) >= 5 or time.monotonic() > end:  # 3 + 2 texts in the first test
+            break
+        time.sleep(0.5)
+    assert served.get("rated", 0) >= 5, served
 
 
 def _admin() -> str:
