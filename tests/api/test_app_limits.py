@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -42,25 +43,32 @@ def test_the_openai_client_retries_a_429_by_its_headers_and_succeeds(limited: Li
     def count(response: httpx.Response) -> None:
         sent.append(response.status_code)
 
-    client = openai.OpenAI(base_url=f"{limited.url}/v1", api_key=RATED, max_retries=2,
+    client = openai.OpenAI(base_url=f"{limited.url}/v1", api_key=RATED, max_retries=10,
                            http_client=httpx.Client(event_hooks={"response": [count]}))
     _fresh_second()
-    started = time.monotonic()
-    for _ in range(3):  # 2 per second: the third is refused, then retried in the next second
-        assert len(client.embeddings.create(input="hello", model=MODEL).data[0].embedding) == 384
-    assert sent.count(429) >= 1 and sent.count(200) == 3 and len(sent) == 3 + sent.count(429), sent
-    assert time.monotonic() - started < 3
+    with ThreadPoolExecutor(4) as pool:  # 8 calls at once, 2 per second allowed: some are refused, then retried
+        dims = list(pool.map(lambda _: len(client.embeddings.create(input="hello", model=MODEL).data[0].embedding),
+                             range(8)))
+    assert dims == [384] * 8
+    assert sent.count(429) >= 1 and sent.count(200) == 8 and len(sent) == 8 + sent.count(429), sent
 
     strict = openai.OpenAI(base_url=f"{limited.url}/v1", api_key=RATED, max_retries=0)
     _fresh_second()
-    strict.embeddings.create(input="a", model=MODEL)
-    strict.embeddings.create(input="b", model=MODEL)
-    with pytest.raises(openai.RateLimitError) as refused:
-        strict.embeddings.create(input="c", model=MODEL)
-    headers = refused.value.response.headers
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda _: _outcome(strict), range(4)))
+    refusals = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+    assert refusals, outcomes
+    headers = refusals[0].response.headers
     assert headers["x-ratelimit-limit-requests"] == "2" and headers["x-ratelimit-remaining-requests"] == "0"
-    assert headers["x-ratelimit-reset-requests"].endswith("ms") and 1 <= int(headers["retry-after"]) <= 1
-    assert refused.value.response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert headers["x-ratelimit-reset-requests"].endswith("ms") and headers["retry-after"] == "1"
+    assert refusals[0].response.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def _outcome(client: openai.OpenAI) -> object:
+    try:
+        return client.embeddings.create(input="a", model=MODEL)
+    except openai.RateLimitError as exc:
+        return exc
 
 
 def test_an_app_without_limits_is_not_limited_and_apps_are_counted_apart(limited: LiveFacade,
@@ -82,10 +90,10 @@ def test_an_app_without_limits_is_not_limited_and_apps_are_counted_apart(limited
         details = httpx.get(f"{limited.url}/api/nodes/{node}/npu/details",
                             headers={"Authorization": f"Bearer {_admin()}"}).json()
         served = {a["name"]: a["work"] for a in details.get("apps", [])}
-        if served.get("rated", 0) >= 5 or time.monotonic() > end:  # 3 + 2 texts in the first test
+        if served.get("rated", 0) >= 9 or time.monotonic() > end:  # 8 + 1 or more texts in the first test
             break
         time.sleep(0.5)
-    assert served.get("rated", 0) >= 5, served
+    assert served.get("rated", 0) >= 9, served
 
 
 def _admin() -> str:
