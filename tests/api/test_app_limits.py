@@ -96,6 +96,20 @@ def test_an_app_without_limits_is_not_limited_and_apps_are_counted_apart(limited
     assert served.get("rated", 0) >= 9, served
 
 
+def test_priority_and_service_tier_are_taken(limited: LiveFacade) -> None:
+    """`priority` (native) and `service_tier` (/v1) are accepted with their values, refused otherwise."""
+    from tests.conftest import APP_KEY
+
+    with httpx.Client(base_url=limited.url, headers={"Authorization": f"Bearer {APP_KEY}"}, timeout=60) as c:
+        assert c.post("/embeddings", json={"texts": ["x"], "model": MODEL, "priority": "low"}).status_code == 200
+        assert c.post("/embeddings", json={"texts": ["x"], "model": MODEL, "priority": "urgent"}).status_code == 422
+        for tier in ("flex", "auto", "default"):
+            body = {"input": "x", "model": MODEL, "service_tier": tier}
+            assert c.post("/v1/embeddings", json=body).status_code == 200, tier
+        refused = c.post("/v1/embeddings", json={"input": "x", "model": MODEL, "service_tier": "scale"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "service_tier"
+
+
 def _admin() -> str:
     from tests.conftest import ADMIN_TOKEN
 

@@ -101,3 +101,23 @@ def _served(settings: Settings, keys: Keys, *queued: list[tuple[str, int, int]])
         pipe.execute()
     replies = _wait(r, reply, len(app_of))
     return [app_of[str(rep["job"])] for rep in replies]
+
+
+def test_an_apps_low_priority_jobs_wait_for_its_normal_ones(settings: Settings, apps: Keys) -> None:
+    """A's low jobs were queued before its normal ones (while the worker was busy with C's): A's normal jobs
+    are all answered before any of its low ones."""
+    r = settings.redis()
+    reply = apps.reply(f"fair-{uuid.uuid4().hex}")
+    kinds: dict[str, str] = {}
+    for groups in ([("fair-c", 64, "normal")], [("fair-a", 8, "low"), ("fair-a", 8, "normal")]):
+        pipe = r.pipeline(transaction=True)
+        for app, jobs, level in groups:
+            for i in range(jobs):
+                job = Job(kind="embed", model=MODEL, reply=reply, deadline_at=time.time() + 60, budget_ms=60_000,
+                          texts=[f"{app} {level} {i}"], app=app, priority=level)  # type: ignore[arg-type]
+                kinds[job.id] = f"{app}:{level}"
+                pipe.xadd(apps.stream(MODEL, None, app_tag(app, level)), {"j": pack(job)})
+        pipe.execute()
+    order = [kinds[str(rep["job"])] for rep in _wait(r, reply, len(kinds))]
+    a = [kind for kind in order if kind.startswith("fair-a")]
+    assert a == ["fair-a:normal"] * 8 + ["fair-a:low"] * 8, order
