@@ -66,13 +66,10 @@ class _Driver:
 
     def stream_of(self, job: Job, node: str | None) -> tuple[str, str | None]:
         """The stream `job` goes to (its app's, at its priority), and its app when this process has not
-        yet named that app to the workers (`Keys.apps`: once per app and process, never overriding the
-        weight a facade configured)."""
+        yet named that app to the workers (`Keys.apps`: until it succeeded once per app and process, never
+        overriding the weight a facade configured)."""
         stream = self.keys.stream(job.model, node, app_tag(job.app, job.priority))
-        new = job.app if job.app and job.app not in self.known_apps else None
-        if new:
-            self.known_apps.add(new)
-        return stream, new
+        return stream, job.app if job.app and job.app not in self.known_apps else None
 
     def check_texts(self, texts: Any) -> list[str]:
         return self.policy.limits.check_texts(texts)
@@ -151,6 +148,8 @@ class Dispatcher(_Driver):
         pipe.xadd(stream, {"j": pack(job)})
         pipe.blpop([job.reply], timeout=min(send.timeout_s, WAIT_SLICE_S))
         popped: Any = pipe.execute()[-1]
+        if new_app:
+            self.known_apps.add(new_app)
         if popped is not None:
             return read_reply(unpack(popped[1]))
         return self._receive(job.reply, end - time.monotonic())
@@ -269,6 +268,7 @@ class AsyncDispatcher(_Driver):
                 stream, new_app = self.stream_of(job, node)
                 if new_app:
                     await self.redis.hsetnx(self.keys.apps, new_app, 1)
+                    self.known_apps.add(new_app)
                 await self.sender.xadd(stream, {"j": pack(job)})
                 return _reply(await self.inbox.get(job.id, timeout_s))
             case Receive(job=job, timeout_s=timeout_s):

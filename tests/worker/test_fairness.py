@@ -121,3 +121,27 @@ def test_an_apps_low_priority_jobs_wait_for_its_normal_ones(settings: Settings, 
     order = [kinds[str(rep["job"])] for rep in _wait(r, reply, len(kinds))]
     a = [kind for kind in order if kind.startswith("fair-a")]
     assert a == ["fair-a:normal"] * 8 + ["fair-a:low"] * 8, order
+
+
+def test_a_backend_names_its_app_and_a_worker_starts_reading_its_streams(settings: Settings,
+                                                                        worker: WorkerProcess) -> None:
+    """`as_app` with a name no facade configured: the first job registers the app (weight 1, never over a
+    configured weight) and is answered once the worker has read the apps at its next beat."""
+    from dispatcher import Dispatcher
+    from dispatcher.apps import as_app
+
+    keys, r = Keys(settings.key_prefix), settings.redis()
+    name = f"backend-{uuid.uuid4().hex[:6]}"
+    r.hset(keys.apps, "configured-app", 5)
+    d = Dispatcher(settings)
+    try:
+        with as_app(name):
+            result = d.embed(["a backend's text"], MODEL, deadline_s=20)
+        assert result.source == "npu" and result.vectors.shape == (1, 384)
+        with as_app("configured-app"):
+            d.embed(["another"], MODEL, deadline_s=20)
+    finally:
+        d.close()
+    assert r.hget(keys.apps, name) == b"1" and r.hget(keys.apps, "configured-app") == b"5"
+    assert r.xlen(keys.stream(MODEL, settings.node_id, name)) == 0  # routed to the node's stream of the app, done
+    r.hdel(keys.apps, name, "configured-app")
