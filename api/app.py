@@ -19,6 +19,7 @@ from dispatcher.settings import FacadeSettings
 from . import errors
 from .auth import Authenticator
 from .batches.driver import Driver
+from .limiting import limiter
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, NoSniffMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
@@ -52,6 +53,19 @@ async def _sample_history(fleet: Fleet) -> None:
         await asyncio.sleep(fleet.settings.history_interval_s)
 
 
+async def _publish_apps(app: FastAPI, dispatcher: AsyncDispatcher) -> None:
+    """The configured apps' weights, for the workers (`Keys.apps`); an app first seen later (a service, an
+    operator role) is named by the dispatcher with weight 1 when it sends its first job."""
+    weights = {a.name: a.weight for a in app.state.auth.apps.values()}
+    if not weights:
+        return
+    try:
+        await dispatcher.redis.hset(dispatcher.keys.apps, mapping=weights)
+        dispatcher.known_apps.update(weights)
+    except RedisError as exc:
+        log.warning("could not publish the apps' weights (%s): each counts as weight 1 until then", exc)
+
+
 def server_options(settings: FacadeSettings) -> dict[str, Any]:
     """uvicorn options every way of serving the facade passes: X-Forwarded-For (the caller's address in
     logs) is believed only from NPU_TRUSTED_PROXIES; uvicorn's own default trusts 127.0.0.1, which would
@@ -70,6 +84,8 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = app.state.dispatcher = AsyncDispatcher(settings)
+        await _publish_apps(app, dispatcher)
+        app.state.limiter = limiter(dispatcher.redis, dispatcher.keys, app.state.auth.apps, settings.deadline_s + 60)
         app.state.fleet = Fleet(dispatcher.redis, dispatcher.keys, settings, dispatcher.registry)
         sampler = asyncio.create_task(_sample_history(app.state.fleet))
         driver = app.state.batch_driver = Driver(settings, dispatcher.registry)

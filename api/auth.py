@@ -40,6 +40,8 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from dispatcher import apps
+from dispatcher.apps import parse_apps
 from dispatcher.credentials import accepted
 from dispatcher.errors import ErrorCode, ForbiddenError, InputTooLargeError, UnauthorizedError
 from dispatcher.limits import check_json_text
@@ -48,6 +50,7 @@ from dispatcher.settings import FacadeSettings
 from dispatcher.signing import AUTH_HEADERS, HEADER_ID, HEADER_NONCE, raw_path, verify, verify_headers
 
 from .hosts import ServedHosts
+from .limiting import limited
 from .metrics import AUTH_FAILURES
 from .middleware import UNCAPPED
 from .schemas import ErrorResponse
@@ -68,6 +71,14 @@ class Principal:
     role: Role
     name: str
     """Service id, or the operator role: what logs may say about a caller."""
+    app: str = ""
+    """The app it counts as (dispatcher/apps.py): its app key's app, its service id, its operator role."""
+
+
+def _service_principal(service_id: str) -> Principal:
+    """A signed service counts as the app of its service id (configured, so bounded); an id that is no app
+    name counts as the app `service`."""
+    return Principal("service", service_id, service_id if apps.NAME.match(service_id) else "service")
 
 
 def _digest(token: str) -> bytes:
@@ -87,7 +98,8 @@ class Authenticator:
         # Compared as digests: equal lengths, so the comparison time says nothing about a token's length.
         self._admin = [_digest(t) for t in self.accepted.admin_tokens]
         self._viewer = [_digest(t) for t in self.accepted.viewer_tokens]
-        self._app = [_digest(t) for t in self.accepted.app_keys]
+        self.apps = parse_apps(settings.apps, self.accepted.app_keys)
+        self._app = [(_digest(key), a.name) for a in self.apps.values() for key in a.keys]
         log.info("auth: accepting %s%s", self.accepted.summary(), "; v2 signatures only" if self.require_v2 else "")
 
     async def authenticate(self, request: Request) -> Principal:
@@ -114,7 +126,7 @@ class Authenticator:
         if HEADER_NONCE not in headers:  # v1 signs no body: nothing is read
             verified = verify(headers, request.method, path, query, b"", keys, window_s=self.window_s,
                               require_v2=self.require_v2, host=host)
-            return Principal("service", verified.service_id)
+            return _service_principal(verified.service_id)
         # v2: every check that needs no body first, so a request that cannot verify is refused unread
         service_id, _, _, nonce = verify_headers(headers, window_s=self.window_s)
         if host.lower() not in self.hosts.accepted(request.scope):
@@ -134,7 +146,7 @@ class Authenticator:
         if over:  # only a caller who proved its key hears about the cap
             raise InputTooLargeError(f"the request body is over {self.max_body_bytes} bytes",
                                      code=ErrorCode.BODY_TOO_LARGE, limit=self.max_body_bytes)
-        return Principal("service", verified.service_id)
+        return _service_principal(verified.service_id)
 
     async def _hash_body(self, request: Request) -> tuple[bool, str]:
         """The body's SHA-256, hashed as it streams in; kept for the route (`request.body()` finds it) up to
@@ -165,19 +177,21 @@ class Authenticator:
         if len(values) > 1 or scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError(UnauthorizedError.INVALID, "malformed_authorization")
         digest = _digest(token.strip())
-        admin = viewer = app = False
+        admin = viewer = False
+        app = ""
         for known in self._admin:  # no early exit: timing does not tell which token (or role) matched
             admin |= hmac.compare_digest(digest, known)
         for known in self._viewer:
             viewer |= hmac.compare_digest(digest, known)
-        for known in self._app:
-            app |= hmac.compare_digest(digest, known)
+        for known, name in self._app:
+            if hmac.compare_digest(digest, known):
+                app = name
         if admin:
-            return Principal("admin", "admin")
+            return Principal("admin", "admin", "admin")
         if viewer:
-            return Principal("viewer", "viewer")
+            return Principal("viewer", "viewer", "viewer")
         if app:
-            return Principal("app", "app")
+            return Principal("app", "app", app)
         raise UnauthorizedError(UnauthorizedError.INVALID, "bad_token")
 
 
@@ -202,6 +216,7 @@ async def authenticate(request: Request) -> Principal:
         _refused(request, exc.reason, request.headers.get(HEADER_ID) or "-")
         raise
     request.state.principal = principal
+    apps.app.set(principal.app)  # the jobs this request sends belong to its app (dispatcher/flow.py)
     return principal
 
 
@@ -232,6 +247,14 @@ def requirements(dependant: Any) -> list[frozenset[Role]]:
     return found
 
 
+def read_then(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def run(request: Request) -> Response:
+        check_json_text(await request.body())  # read now, under the cap; FastAPI's own read finds it
+        return await handler(request)
+
+    return run
+
+
 class AuthenticatedRoute(APIRoute):
     """A route that checks its declared requirements before its body is read (see the module's text)."""
 
@@ -245,8 +268,9 @@ class AuthenticatedRoute(APIRoute):
             principal = await authenticate(request)
             for roles in needed:
                 _permit(request, principal, roles)
-            check_json_text(await request.body())  # read now, under the cap; FastAPI's own read finds it
-            return await handler(request)
+            if INFERENCE in needed:  # the app's limits, before the body is read (api/limiting.py)
+                return await limited(request, principal.app, read_then(handler))
+            return await read_then(handler)(request)
 
         return credentials_first
 
@@ -255,7 +279,8 @@ require_read = _requirement("require_read", frozenset({"service", "viewer", "adm
 """Status and listings: health, models, metrics, the API schema."""
 require_models = _requirement("require_models", frozenset({"service", "viewer", "admin", "app"}))
 """The model lists (`/models`, `/v1/models`): readers, and apps, which pick a model from them."""
-require_inference = _requirement("require_inference", frozenset({"service", "admin", "app"}))
+INFERENCE: frozenset[Role] = frozenset({"service", "admin", "app"})
+require_inference = _requirement("require_inference", INFERENCE)
 """Work on the accelerators (or the cloud): embeddings, generation."""
 require_admin = _requirement("require_admin", frozenset({"admin"}))
 """Changes: role assignment, load-balancing, model load/unload."""

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from dispatcher import apps
 from dispatcher.logs import note_access
 from dispatcher.protocol import BATCH_BUCKETS, Heartbeat
 from dispatcher.results import EmbedResult, GenerateResult
+
+from . import limiting
 
 disable_created_metrics()  # no `_created` series: they double the exposition and no dashboard reads them
 
@@ -33,8 +36,9 @@ INFERENCE_ROUTES = frozenset({"/embeddings", "/inference", "/v1/embeddings", "/v
 
 REQUESTS = Counter(
     "npu_requests", "Inference requests (POST /embeddings, /inference, /v1/embeddings, /v1/chat/completions) "
-    "by route, model, source (npu, cloud; none when refused or failed) and HTTP status, answered or refused.",
-    ["route", "model", "source", "status"])
+    "by route, model, source (npu, cloud; none when refused or failed), HTTP status and app (a configured app, "
+    "a service id or an operator role), answered or refused.",
+    ["route", "model", "source", "status", "app"])
 REQUEST_SECONDS = Histogram("npu_request_duration_seconds", "Time to answer an inference request.",
                             ["route", "model", "source"], buckets=_LATENCY)
 QUEUE_SECONDS = Histogram("npu_queue_wait_seconds", "Time a job waited in its lane before a worker took it.",
@@ -44,9 +48,9 @@ INFERENCE_SECONDS = Histogram("npu_inference_duration_seconds", "Worker inferenc
 TTFT_SECONDS = Histogram("npu_time_to_first_token_seconds", "Generations served by a worker: time from the job's "
                          "enqueueing to its first generated token.", ["model"], buckets=_LATENCY)
 PROMPT_TOKENS = Counter("npu_prompt_tokens", "Input tokens of answered requests (embedding texts, generation "
-                        "prompts with their chat template), by model and source.", ["model", "source"])
-COMPLETION_TOKENS = Counter("npu_completion_tokens", "Generated tokens of answered requests, by model and source.",
-                            ["model", "source"])
+                        "prompts with their chat template), by model, source and app.", ["model", "source", "app"])
+COMPLETION_TOKENS = Counter("npu_completion_tokens", "Generated tokens of answered requests, by model, source and "
+                            "app.", ["model", "source", "app"])
 FALLBACKS = Counter("npu_fallbacks", "Requests answered by the cloud, by model and reason (no_worker, deadline, "
                     "overloaded, redis_unavailable, worker_lost).", ["model", "reason"])
 AUTH_FAILURES = Counter(
@@ -58,17 +62,19 @@ AUTH_FAILURES = Counter(
 def observe(route: str, result: EmbedResult | GenerateResult, seconds: float) -> None:
     """An answered inference request."""
     model, source, timings = result.model, result.source, result.timings
+    app = apps.app.get() or "-"
     note_access(model=model, source=source)
-    REQUESTS.labels(route, model, source, "200").inc()
+    REQUESTS.labels(route, model, source, "200", app).inc()
     REQUEST_SECONDS.labels(route, model, source).observe(seconds)
     if isinstance(result, EmbedResult):
         prompt, completion = sum(result.token_counts or []), 0
     else:
         prompt, completion = result.prompt_tokens or 0, result.completion_tokens or 0
     if prompt:
-        PROMPT_TOKENS.labels(model, source).inc(prompt)
+        PROMPT_TOKENS.labels(model, source, app).inc(prompt)
     if completion:
-        COMPLETION_TOKENS.labels(model, source).inc(completion)
+        COMPLETION_TOKENS.labels(model, source, app).inc(completion)
+    limiting.charge(prompt + completion)
     if source == "npu":
         if "queue_ms" in timings:
             QUEUE_SECONDS.labels(model).observe(timings["queue_ms"] / 1000)
@@ -83,7 +89,7 @@ def observe(route: str, result: EmbedResult | GenerateResult, seconds: float) ->
 def refused(route: str, status: int) -> None:
     """An inference request answered with an error (counted in `npu_requests_total` with source `none`)."""
     if route in INFERENCE_ROUTES:
-        REQUESTS.labels(route, "-", "none", str(status)).inc()
+        REQUESTS.labels(route, "-", "none", str(status), apps.app.get() or "-").inc()
 
 
 # --- the fleet, read from Redis at scrape time

@@ -93,10 +93,12 @@ class AccessLogMiddleware:
                      "status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                      "request_id": request_id.get(),
                      "caller": f"{principal.role}:{principal.name}" if principal else "-",
+                     "app": principal.app if principal else None,
                      "model": fields.get("model"), "source": fields.get("source")}
-            access_log.info("%s %s %s %.1fms rid=%s caller=%s model=%s source=%s", entry["method"], entry["route"],
-                            status, entry["duration_ms"], entry["request_id"], entry["caller"],
-                            entry["model"] or "-", entry["source"] or "-", extra={"access": entry})
+            access_log.info("%s %s %s %.1fms rid=%s caller=%s app=%s model=%s source=%s", entry["method"],
+                            entry["route"], status, entry["duration_ms"], entry["request_id"], entry["caller"],
+                            entry["app"] or "-", entry["model"] or "-", entry["source"] or "-",
+                            extra={"access": entry})
 
 
 class BodyLimitMiddleware:

@@ -53,6 +53,8 @@ class EmbeddingsRequest(BaseModel):
                            "refusing them; `truncated` says which were cut.")
     allow_cloud: bool = Field(True, description="False keeps the data on premises: no cloud fallback.")
     deadline_s: Deadline = None
+    priority: Literal["normal", "low"] = Field("normal", description="\"low\": served after the app's other "
+                                               "work (the bulk lane stays below both).")
 
 
 class EmbeddingsResponse(BaseModel):
@@ -82,6 +84,8 @@ class InferenceRequest(BaseModel):
         "the text ends before the first of them.")
     stream: bool = Field(False, description="Answer as server-sent events: `{\"delta\": ...}` as text is "
                          "generated, then `{\"done\": true, ...}` with the whole response.")
+    priority: Literal["normal", "low"] = Field("normal", description="\"low\": served after the app's other "
+                                               "work (the bulk lane stays below both).")
 
 
 class InferenceResponse(BaseModel):

@@ -44,7 +44,7 @@ from .effects import (
 from .flow import DispatchPolicy
 from .inbox import Inbox
 from .models import Registry
-from .protocol import MsgpackSerializer, Prompt, Reply, new_id, pack, read_reply, unpack
+from .protocol import Job, MsgpackSerializer, Prompt, Reply, app_tag, new_id, pack, read_reply, unpack
 from .results import EmbedResult, GenerateResult, StreamChunk
 from .routing import Calls, FleetRead, FleetSnapshot
 from .sender import Sender
@@ -62,6 +62,14 @@ class _Driver:
         self.policy = DispatchPolicy(settings or CallerSettings(), registry)
         self.settings, self.registry, self.keys = self.policy.settings, self.policy.registry, self.policy.keys
         self.cloud = self.policy.cloud
+        self.known_apps: set[str] = set()
+
+    def stream_of(self, job: Job, node: str | None) -> tuple[str, str | None]:
+        """The stream `job` goes to (its app's, at its priority), and its app when this process has not
+        yet named that app to the workers (`Keys.apps`: until it succeeded once per app and process, never
+        overriding the weight a facade configured)."""
+        stream = self.keys.stream(job.model, node, app_tag(job.app, job.priority))
+        return stream, job.app if job.app and job.app not in self.known_apps else None
 
     def check_texts(self, texts: Any) -> list[str]:
         return self.policy.limits.check_texts(texts)
@@ -134,9 +142,14 @@ class Dispatcher(_Driver):
         job.reply = self.keys.reply(job.id)
         end = time.monotonic() + send.timeout_s
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.keys.stream(job.model, send.node), {"j": pack(job)})
+        stream, new_app = self.stream_of(job, send.node)
+        if new_app:
+            pipe.hsetnx(self.keys.apps, new_app, 1)
+        pipe.xadd(stream, {"j": pack(job)})
         pipe.blpop([job.reply], timeout=min(send.timeout_s, WAIT_SLICE_S))
-        popped: Any = pipe.execute()[1]
+        popped: Any = pipe.execute()[-1]
+        if new_app:
+            self.known_apps.add(new_app)
         if popped is not None:
             return read_reply(unpack(popped[1]))
         return self._receive(job.reply, end - time.monotonic())
@@ -252,7 +265,11 @@ class AsyncDispatcher(_Driver):
                 job.reply = self.inbox.key
                 jobs.append(job.id)
                 self.inbox.expect(job.id)
-                await self.sender.xadd(self.keys.stream(job.model, node), {"j": pack(job)})
+                stream, new_app = self.stream_of(job, node)
+                if new_app:
+                    await self.redis.hsetnx(self.keys.apps, new_app, 1)
+                    self.known_apps.add(new_app)
+                await self.sender.xadd(stream, {"j": pack(job)})
                 return _reply(await self.inbox.get(job.id, timeout_s))
             case Receive(job=job, timeout_s=timeout_s):
                 return _reply(await self.inbox.get(job.id, timeout_s))

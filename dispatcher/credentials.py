@@ -54,7 +54,7 @@ def credentials_path(settings: FacadeSettings) -> Path:
 def configured(settings: FacadeSettings) -> bool:
     """Whether the operator configured any accepted credential (then nothing is generated or read)."""
     return bool(settings.service_keys or settings.service_keys_file or settings.admin_tokens
-                or settings.viewer_tokens or settings.api_keys)
+                or settings.viewer_tokens or settings.api_keys or settings.apps)
 
 
 def _secret(value: Any) -> Any:

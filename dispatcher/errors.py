@@ -36,6 +36,8 @@ class ErrorCode(str, Enum):
     MODEL_NOT_ON_NODE = "model_not_on_node"
     # capacity and availability
     OVERLOADED = "overloaded"
+    RATE_LIMITED = "rate_limit_exceeded"
+    """The caller's app is over one of its limits (OpenAI's code for the same thing)."""
     KV_CACHE_FULL = "kv_cache_full"
     """A generation needs more KV cache (prompt + max_tokens) than the worker has for the model."""
     UNAVAILABLE = "unavailable"
@@ -193,6 +195,17 @@ class OverloadedError(NPUError):
         super().__init__(message, retry_after_s=retry_after_s, **extra)
         self.retry_after_s = retry_after_s
         self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class RateLimitedError(NPUError):
+    """429: the caller's app is over a limit (dispatcher/ratelimit.py); the headers say when to retry."""
+
+    code = ErrorCode.RATE_LIMITED
+    status = 429
+
+    def __init__(self, message: str, headers: dict[str, str], **extra: object):
+        super().__init__(message, **extra)
+        self.headers = headers
 
 
 class CacheFullError(NPUError):

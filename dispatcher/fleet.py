@@ -249,7 +249,14 @@ class Fleet:
                     "kvCache": {m: c.model_dump() for m, c in (b.kv_cache or {}).items()}}
                    for b in sorted(beats, key=lambda b: b.worker_id)]
         reported = [b.rss_bytes for b in beats if b.rss_bytes is not None]
-        return {"node_id": node_id, "models": models, "memoryGB": load.memory_gb, "utilization": load.utilization,
+        served: dict[str, int] = {}  # per app: texts embedded and tokens generated (worker/interactive.py)
+        for beat in beats:
+            for name, value in beat.counters.items():
+                if name.startswith("app:") and name.endswith(":work"):
+                    served[name[4:-5]] = served.get(name[4:-5], 0) + value
+        return {"node_id": node_id, "models": models,
+                "apps": [{"name": n, "work": w} for n, w in sorted(served.items())],
+                "memoryGB": load.memory_gb, "utilization": load.utilization,
                 "workerMemoryBytes": sum(reported) if reported else None, "workers": workers,
                 "queueDepth": {m: {"interactive": s.interactive_depth, "bulk": s.bulk_depth}
                                for m, s in load.models.items()},

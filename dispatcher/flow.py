@@ -33,6 +33,7 @@ from typing import Literal
 import httpx
 from rq.job import Job as RQJob
 
+from . import apps
 from .cloud import CloudAPI
 from .effects import (
     Clock,
@@ -382,7 +383,8 @@ class DispatchPolicy:
 
     def _job(self, spec: ModelSpec, **fields: object) -> Job:
         """The reply key is the driver's to name (a key per job, or its inbox)."""
-        return Job(model=spec.name, reply="", deadline_at=0.0, request_id=request_id.get(), **fields)
+        return Job(model=spec.name, reply="", deadline_at=0.0, request_id=request_id.get(), app=apps.app.get(),
+                   priority=apps.priority.get(), **fields)
 
     def _local_wait(self, call: Call) -> float:
         """What the wait for a worker may take: the budget, less the cloud's share when it may be asked."""

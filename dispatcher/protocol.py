@@ -34,9 +34,17 @@ class Keys:
 
     prefix: str = "npu"
 
-    def stream(self, model: str, node: str | None = None) -> str:
-        """Interactive lane of a model (`npu:stream:<model>`, or `...@<node>` for routed work)."""
-        return f"{self.prefix}:stream:{model}" + (f"@{node}" if node else "")
+    def stream(self, model: str, node: str | None = None, tag: str | None = None) -> str:
+        """Interactive lane of a model (`npu:stream:<model>`, or `...@<node>` for routed work), and of one
+        app's jobs in it (`...~<tag>`, `tag` from `app_tag`: jobs wait per app, so a worker can serve
+        apps fairly however long one app's queue is). No tag: jobs of callers that name no app."""
+        return f"{self.prefix}:stream:{model}" + (f"@{node}" if node else "") + (f"~{tag}" if tag else "")
+
+    @property
+    def apps(self) -> str:
+        """Hash: app tag -> its weight, written by facades and dispatchers, read by workers (which
+        per-app streams to read, and how much of each)."""
+        return f"{self.prefix}:apps"
 
     def queue(self, model: str, node: str | None = None) -> str:
         """RQ queue name of a model's bulk lane (`npu:<model>`); RQ adds its own `rq:queue:`."""
@@ -120,6 +128,25 @@ def as_messages(prompt: Prompt) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
+def app_tag(app: str | None, priority: str = "normal") -> str | None:
+    """The per-app part of a stream's name (`Keys.stream`): the app, and `!low` for its low-priority jobs."""
+    if not app:
+        return "!low" if priority == "low" else None
+    return f"{app}!low" if priority == "low" else app
+
+
+def read_weights(raw: dict[bytes, bytes]) -> dict[str, float]:
+    """`Keys.apps` as read (app -> weight); a weight that is not a positive number counts as 1."""
+    weights: dict[str, float] = {}
+    for name, value in raw.items():
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = 1.0
+        weights[name.decode()] = weight if 0 < weight < float("inf") else 1.0
+    return weights
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -150,6 +177,11 @@ class Job(BaseModel):
     """Generation: send text deltas as they come, not only the final text."""
     stop: list[str] | None = None
     """Generation: strings that end it; the text stops before the first one (OpenAI's `stop`)."""
+    app: str | None = None
+    """The app that asked (its name from configuration, never from a request): the worker shares the
+    device among apps by weight. Optional on the wire: a job of an older caller belongs to no app."""
+    priority: Literal["normal", "low"] = "normal"
+    """"low": served after the app's normal work (its own stream, `app_tag`)."""
 
 
 class _Reply(BaseModel):

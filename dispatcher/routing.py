@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .nodes import LoadBalancing, read_load_balancing
-from .protocol import Heartbeat, Keys, unpack
+from .protocol import Heartbeat, Keys, app_tag, unpack
 
 Calls = list[tuple[str, tuple[object, ...]]]
 """Redis commands (name, arguments) to run in one pipeline, no transaction."""
@@ -39,22 +39,25 @@ class FleetSnapshot:
 
 
 class FleetRead:
-    """A model's fleet in two round trips: the setting and the live workers, then their heartbeats and
-    the depths of the model's streams (skipped when no worker is live)."""
+    """A model's fleet in two round trips: the setting, the live workers and the apps, then the workers'
+    heartbeats and the depths of the model's streams, every app's (skipped when no worker is live)."""
 
     def __init__(self, keys: Keys, model: str, now: float):
         self.keys, self.model, self.now = keys, model, now
 
     def first(self) -> Calls:
-        return [("get", (self.keys.load_balancing,)), ("zrangebyscore", (self.keys.live(self.model), self.now, "+inf"))]
+        return [("get", (self.keys.load_balancing,)), ("zrangebyscore", (self.keys.live(self.model), self.now, "+inf")),
+                ("hkeys", (self.keys.apps,))]
 
     def second(self, first: list[object]) -> Calls:
         workers = _worker_ids(first)
         if not workers:
             return []
         nodes = sorted({w.rsplit(":", 2)[0] for w in workers})
-        return [("mget", ([self.keys.worker(w) for w in workers],)), ("xlen", (self.keys.stream(self.model),)),
-                *[("xlen", (self.keys.stream(self.model, node),)) for node in nodes]]
+        apps = [a.decode() if isinstance(a, bytes) else str(a) for a in first[2]] if isinstance(first[2], list) else []
+        tags = [app_tag(app or None, level) for app in ["", *apps] for level in ("normal", "low")]
+        return [("mget", ([self.keys.worker(w) for w in workers],)),
+                *[("xlen", (self.keys.stream(self.model, node, tag),)) for tag in tags for node in [None, *nodes]]]
 
     def snapshot(self, first: list[object], second: list[object]) -> FleetSnapshot:
         setting = read_load_balancing(first[0] if isinstance(first[0], bytes) else None)

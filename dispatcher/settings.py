@@ -264,6 +264,9 @@ class FacadeSettings(CallerSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="App keys: bearer tokens that may run inference and list models, "
         "nothing else (for the official `openai` client; JSON list or comma-separated).")
+    apps: str | None = Field(None, description="Named apps: JSON `{\"name\": {\"keys\": [...], \"weight\": 2, "
+                             "\"limits\": {...}}}`, or the path of a TOML file of such tables (docs/operating.md). "
+                             "Bare `api_keys` still work: each is an app of its own, named by its key id.")
     service_id: str | None = Field(None, description="This process's identity when it signs outbound calls.")
     service_key: SecretStr | None = Field(None, description="Key it signs them with.")
 

@@ -17,12 +17,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 from rq.queue import Queue
 
 from dispatcher.nodes import NPU_ROLE, read_node
-from dispatcher.protocol import Heartbeat, Keys, memory_gb, pack, utilization
+from dispatcher.protocol import Heartbeat, Keys, memory_gb, pack, read_weights, utilization
 from dispatcher.settings import DEAD_WORKER_MEMORY_S, WorkerSettings
 
 from .served import Served
@@ -106,6 +107,9 @@ class HeartbeatThread(threading.Thread):
         node = read_node(self.redis, self.keys, self.settings.node_id)
         self.wanted = frozenset(node.models) if node and node.models is not None else None
         self.in_role = node is None or NPU_ROLE in node.roles
+        apps = read_weights(cast(dict[bytes, bytes], self.redis.hgetall(self.keys.apps)))
+        if apps != self.sources.apps:
+            self.sources.apps = apps  # replaced whole: the loop sees the old set or the new one
 
     def beat(self) -> Heartbeat:
         with self._lock:

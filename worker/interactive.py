@@ -9,6 +9,7 @@ and their caller notices a dead worker by its expired heartbeat and submits the 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -42,10 +43,11 @@ from .clock import RedisClock, entry_ms
 from .deliveries import Deliveries, dead_workers
 from .devices import device_type
 from .engines import EmbeddingEngine, Engine, GenerationEngine
+from .fair import FairQueue, Held, work_of
 from .generation import Generated
 from .inflight import InFlight
 from .served import Served
-from .sources import Sources
+from .sources import Lane, Sources
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -67,12 +69,14 @@ def xreadgroup(r: redis.Redis, consumer: str, streams: Mapping[str, str], count:
 class _Plan:
     """The streams read for the models served now, from the live `Served` and `Sources`."""
 
+    lanes: dict[str, Lane]
+    """stream -> whose jobs it holds (model, app, priority)."""
     models: dict[str, str]
     """stream -> model."""
-    embedding: dict[str, str]
-    """Embedding models' streams -> ">" (XREADGROUP's "new entries")."""
-    generation: dict[str, str]
-    """Generation models' streams -> ">"."""
+    embedding: list[str]
+    """Embedding models' streams."""
+    generation: list[str]
+    """Generation models' streams."""
 
 
 class InteractiveLane:
@@ -83,77 +87,128 @@ class InteractiveLane:
         self.keys = Keys(settings.key_prefix)
         self.deliveries = Deliveries(settings.max_deliveries)
         self._recent: dict[str, deque[int]] = {}
-        self._plan: tuple[Mapping[str, Engine], bool, _Plan] | None = None
+        self._plan: tuple[Mapping[str, Engine], bool, dict[str, float], _Plan] | None = None
+        self._grouped: set[str] = set()
+        self.held: dict[str, FairQueue] = {}
+        """Per model, jobs read and not yet served (`worker/fair.py`)."""
         self.recovering = False
         """Set after a Redis failure: this worker's own unacked entries (their replies or acks may not
         have reached Redis) are read again before new ones."""
 
     @property
     def plan(self) -> _Plan:
-        """Worked out again only when the served models or the node's role changed."""
-        engines, shared = self.served.engines, self.sources.shared
-        if self._plan is None or self._plan[0] is not engines or self._plan[1] != shared:
-            models = {s: m for m in engines for s in self.sources.streams(m)}
-            self._plan = (engines, shared, _Plan(
-                models, {s: ">" for s, m in models.items() if m in self.served.embedding},
-                {s: ">" for s, m in models.items() if m in self.served.generation}))
-        return self._plan[2]
+        """Worked out again only when the served models, the node's role or the apps changed."""
+        engines, shared, apps = self.served.engines, self.sources.shared, self.sources.apps
+        if self._plan is None or self._plan[0] is not engines or self._plan[1] != shared or self._plan[2] is not apps:
+            lanes = {s: lane for m in engines for s, lane in self.sources.lanes(m).items()}
+            self._ensure_groups([s for s in lanes if s not in self._grouped])
+            self._plan = (engines, shared, apps, _Plan(
+                lanes, {s: lane.model for s, lane in lanes.items()},
+                [s for s, lane in lanes.items() if lane.model in self.served.embedding],
+                [s for s, lane in lanes.items() if lane.model in self.served.generation]))
+        return self._plan[3]
+
+    def _ensure_groups(self, streams: list[str]) -> None:
+        """A new app's streams get the consumer group (from id 0: jobs queued before are served)."""
+        for stream in streams:
+            try:
+                self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._grouped.add(stream)
+
+    def queue(self, model: str) -> FairQueue:
+        queue = self.held.get(model)
+        if queue is None:
+            queue = self.held[model] = FairQueue(self.sources.weight)
+        return queue
+
+    @property
+    def holding(self) -> bool:
+        return any(self.held.values())
 
     # --- reading
 
+    def _wanted(self, streams: list[str], cap: int) -> dict[str, str]:
+        """The streams worth reading: those of apps holding less than `cap` of work here."""
+        lanes = self.plan.lanes
+        return {s: ">" for s in streams if self.queue(lanes[s].model).work(lanes[s].app) < cap}
+
     def read(self, block: bool) -> Read:
-        """New entries. Generation streams only as many as the engines have free slots, so no prompt
-        waits in this worker while a peer is idle."""
+        """New entries, every app's streams in one read. Generation streams only as many as the engines
+        have free slots, so no prompt waits in this worker while a peer is idle. Never blocks while jobs
+        already read wait here."""
         cap, r, me, plan = self.settings.batch_max, self.redis, self.worker_id, self.plan
         gen_slots = min((self.served.generation[plan.models[s]].free_slots for s in plan.generation), default=0)
-        streams = {**plan.embedding, **(plan.generation if gen_slots else {})}
+        embedding = self._wanted(plan.embedding, cap)
+        generation = self._wanted(plan.generation, gen_slots) if gen_slots else {}
+        streams = {**embedding, **generation}
         if not streams:
             return []
         if self.recovering:
-            own = [(s, e) for s, e in xreadgroup(r, me, dict.fromkeys(streams, "0"), cap) if e]
+            for queue in self.held.values():
+                queue.clear()  # read again below, with the rest of this worker's unacked entries
+            own = [(s, e) for s, e in xreadgroup(r, me, dict.fromkeys(plan.models, "0"), cap) if e]
             if own:
                 self.stats.add("redelivered_own", sum(len(e) for _, e in own))
                 return own
             self.recovering = False
-        if not block:
+        if not block or self.holding:
             got: Read = []
-            if plan.embedding:
-                got += xreadgroup(r, me, plan.embedding, cap)
-            if gen_slots:
-                got += xreadgroup(r, me, plan.generation, gen_slots)
+            if embedding:
+                got += xreadgroup(r, me, embedding, cap)
+            if generation:
+                got += xreadgroup(r, me, generation, gen_slots)
             return got
         # COUNT applies to each stream read: with generation streams in the read, no more than their free
         # slots, and an embedding stream that filled that count is read again for the rest of a batch. An
         # embeddings-only worker takes a whole batch in this one read (a lone job: one round trip, not two).
-        count = min(cap, gen_slots) if gen_slots and plan.generation else cap
+        count = min(cap, gen_slots) if generation else cap
         got = xreadgroup(r, me, streams, count, block=self.settings.bulk_poll_ms)
         for stream, entries in got:
-            if stream in plan.embedding and len(entries) == count < cap:
+            if stream in embedding and len(entries) == count < cap:
                 entries += next((e for _, e in xreadgroup(r, me, {stream: ">"}, cap - count)), [])
         return got
 
-    def _fill(self, stream: str, model: str, jobs: list[tuple[bytes, Job]], drop: list[bytes]) -> None:
+    def _hold(self, stream: str, entries: list[Entry], drop: dict[str, list[bytes]]) -> None:
+        """Decode `entries` into their model's fair queue; ids to ack without running go to `drop`."""
+        lane = self.plan.lanes[stream]
+        jobs, dropped = self._decode(stream, entries)
+        if dropped:
+            drop.setdefault(stream, []).extend(dropped)
+        queue = self.queue(lane.model)
+        for entry_id, job in jobs:
+            queue.add(lane.app, lane.low, Held(stream, entry_id, job, work_of(job)))
+
+    def _fill(self, model: str, batch: list[Held], drop: dict[str, list[bytes]]) -> None:
         """Under load, wait a few ms for more jobs so one inference serves them all; a lone job never waits.
 
         The target, in texts, is the largest of the recent batches: with 8 callers a batch of 8 goes at
         once, with 32 the worker waits for 32 (up to `batch_window_ms`), and one job of 32 texts goes at
         once. Polling, not XREADGROUP BLOCK: Redis checks blocked clients' timeouts only on its cron tick
-        (hz 10: ~100 ms), far coarser than the window.
+        (hz 10: ~100 ms), far coarser than the window. Every app's streams are polled in one read, and
+        what arrives joins the fair order.
         """
+        cap = self.settings.batch_max
         recent = self._recent.setdefault(model, deque(maxlen=8))
-        target = min(self.settings.batch_max, max(recent, default=1))
-        texts = sum(len(job.texts or []) for _, job in jobs)
+        target = min(cap, max(recent, default=1))
+        texts = sum(held.work for held in batch)
         window = self.settings.batch_window_ms / 1000
         end = time.monotonic() + window
+        queue = self.queue(model)
+        streams = [s for s in self.plan.embedding if self.plan.models[s] == model]
         while window > 0 and 0 < texts < target and time.monotonic() < end:
-            more = xreadgroup(self.redis, self.worker_id, {stream: ">"}, target - texts)
-            if not more:
+            wanted = self._wanted(streams, cap)
+            more = xreadgroup(self.redis, self.worker_id, wanted, target - texts) if wanted else []
+            for stream, entries in more:
+                self._hold(stream, entries, drop)
+            added = queue.take(cap - texts)
+            if not added:
                 time.sleep(POLL_S)
                 continue
-            new_jobs, new_drop = self._decode(stream, more[0][1])
-            jobs += new_jobs
-            drop += new_drop
-            texts += sum(len(job.texts or []) for _, job in new_jobs)
+            batch += added
+            texts += sum(held.work for held in added)
         if texts:
             recent.append(texts)
 
@@ -196,16 +251,30 @@ class InteractiveLane:
 
     # --- serving
 
-    def serve(self, stream: str, entries: list[Entry]) -> None:
-        model = self.plan.models[stream]
-        jobs, drop = self._decode(stream, entries)
-        embedding = self.served.embedding.get(model)
-        if embedding is not None:
-            self._fill(stream, model, jobs, drop)
-            self.finish(stream, drop + [e for e, _ in jobs], self._embed(embedding, [j for _, j in jobs]))
-        else:
-            generation = self.served.generation[model]
-            self.finish(stream, drop + [e for e, _ in jobs], [self._admit(generation, job) for _, job in jobs])
+    def serve(self, read: Read) -> None:
+        """What was read joins the held jobs; then each model with held jobs gets one batch (embeddings)
+        or as many admissions as its engine has free slots (generation), in fair order."""
+        drop: dict[str, list[bytes]] = {}
+        for stream, entries in read:
+            self._hold(stream, entries, drop)
+        for model, queue in list(self.held.items()):
+            embedding = self.served.embedding.get(model)
+            generation = self.served.generation.get(model)
+            if embedding is not None:
+                batch = queue.take(self.settings.batch_max)
+                if batch:
+                    self._fill(model, batch, drop)
+                self.finish(_acks(batch, drop, model, self.plan.models),
+                            self._embed(embedding, [held.job for held in batch]))
+            elif generation is not None:
+                batch = queue.take(sys.maxsize, generation.free_slots) if generation.free_slots else []
+                self.finish(_acks(batch, drop, model, self.plan.models),
+                            [self._admit(generation, held.job) for held in batch])
+            else:  # unloaded since read: left pending, taken over or read again
+                queue.clear()
+        for stream, ids in drop.items():  # models no longer served
+            if ids:
+                self.finish({stream: ids}, [])
 
     def _base(self, engine: Engine, job: Job, started: float) -> dict[str, Any]:
         return {"device": device_type(engine.device), "node_id": self.settings.node_id,
@@ -228,6 +297,9 @@ class InteractiveLane:
                                                 token_counts=result.token_counts, truncated=result.truncated,
                                                 inference_ms=batch.inference_ms, batch_size=batch.texts)))
         self.stats.add("jobs", sum(isinstance(result, Embedded) for result in batch.results))
+        for job, result in zip(jobs, batch.results, strict=True):
+            if isinstance(result, Embedded):
+                self.stats.add(f"app:{job.app or '-'}:work", len(result.token_counts))
         return replies
 
     def _admit(self, engine: GenerationEngine, job: Job) -> tuple[Job, Reply]:
@@ -256,6 +328,7 @@ class InteractiveLane:
         else:
             self.stats.add("jobs")
             self.stats.count_model(engine.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
+            self.stats.add(f"app:{job.app or '-'}:work", result.completion_tokens)
             reply = DoneReply(**self._base(engine, job, started), text=result.text,
                               prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                               finish_reason=result.finish_reason, ttft_ms=result.ttft_ms,
@@ -282,13 +355,16 @@ class InteractiveLane:
             pipe.rpush(key, *packed)
             pipe.expire(key, self.settings.reply_ttl_s)
 
-    def finish(self, stream: str, entry_ids: list[bytes], replies: list[tuple[Job, Reply]]) -> None:
+    def finish(self, acks: Mapping[str, list[bytes]], replies: list[tuple[Job, Reply]]) -> None:
         """Replies and acks in one round trip. Entries are deleted once acked, so XLEN is the backlog."""
+        if not acks and not replies:
+            return
         pipe = self.redis.pipeline(transaction=False)
         self._push(pipe, replies)
-        if entry_ids:
-            pipe.xack(stream, GROUP, *entry_ids)
-            pipe.xdel(stream, *entry_ids)
+        for stream, entry_ids in acks.items():
+            if entry_ids:
+                pipe.xack(stream, GROUP, *entry_ids)
+                pipe.xdel(stream, *entry_ids)
         pipe.execute()
 
     # --- dead consumers
@@ -339,7 +415,7 @@ class InteractiveLane:
             if claimed:
                 log.warning("took over %d job(s) of dead worker %s on %s", len(claimed), consumer, stream)
                 self.stats.add("reclaimed", len(claimed))
-                self.serve(stream, claimed)
+                self.serve([(stream, claimed)])
         return True
 
     def _claim(self, stream: str, ids: list[bytes]) -> list[Entry]:
@@ -380,7 +456,18 @@ class InteractiveLane:
             replies.append((job, ErrorReply(error=ErrorCode.JOB_FAILED,
                                             message=f"the job was handed to {s.max_deliveries} workers that "
                                                     "died running it; kept in the dead-letter stream")))
-        self.finish(stream, [entry_id for entry_id, _ in entries], replies)
+        self.finish({stream: [entry_id for entry_id, _ in entries]}, replies)
+
+
+def _acks(batch: list[Held], drop: dict[str, list[bytes]], model: str,
+          models: Mapping[str, str]) -> dict[str, list[bytes]]:
+    """The ids to ack with `model`'s batch: its jobs', and the dropped ones of its streams (taken from `drop`)."""
+    acks: dict[str, list[bytes]] = {}
+    for stream in [s for s in drop if models.get(s) == model]:
+        acks[stream] = drop.pop(stream)
+    for held in batch:
+        acks.setdefault(held.stream, []).append(held.entry_id)
+    return acks
 
 
 def _log_job(job: Job, level: int, message: str, *args: Any, exc_info: bool = False) -> None:

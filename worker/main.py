@@ -220,12 +220,12 @@ class Worker:
                 return True
         generating = self.served.generating()
         read = self.interactive.read(block=not (busy or generating))
-        for stream, entries in read:
-            self.interactive.serve(stream, entries)
+        if read or self.interactive.holding:
+            self.interactive.serve(read)
         if generating or self.served.generating():
             self._advance_generations()
             return True
-        if read:
+        if read or self.interactive.holding:
             return True
         # An empty bulk lane is looked at again after `bulk_poll_ms`, as an idle worker does, not after every
         # interactive job: that look (RQ's dequeue is a round trip per model queue) would weigh on a lone

@@ -7,6 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from dispatcher import apps
+
 from .. import metrics
 from ..auth import RESPONSES, AuthenticatedRoute, require_inference
 from ..deps import AsyncDispatcherDep
@@ -21,6 +23,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
 async def embeddings(body: EmbeddingsRequest, dispatcher: AsyncDispatcherDep) -> Any:
+    apps.priority.set(body.priority)  # inside its app: "low" after its other work
     started = time.perf_counter()
     result = await dispatcher.embed(body.texts, body.model, deadline_s=body.deadline_s,
                                     allow_cloud=body.allow_cloud, truncate=body.truncate)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
+from dispatcher import apps
 from dispatcher.errors import ErrorCode, NPUError
 from dispatcher.results import StreamChunk
 
@@ -48,6 +49,7 @@ async def _events(first: StreamChunk, rest: AsyncIterator[StreamChunk], started:
 @router.post("/inference", response_model=InferenceResponse, responses={
     **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or events when streaming"}})
 async def inference(body: InferenceRequest, dispatcher: AsyncDispatcherDep) -> Any:
+    apps.priority.set(body.priority)  # inside its app: "low" after its other work
     started = time.perf_counter()
     chunks = dispatcher.stream(body.prompt, body.model, max_tokens=body.max_tokens, temperature=body.temperature,
                                deadline_s=body.deadline_s, allow_cloud=body.allow_cloud, deltas=body.stream,

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from dispatcher import apps
 from dispatcher.errors import InvalidInputError
 from dispatcher.limits import MAX_STOP, MAX_STOP_CHARS, ChatRole
 from dispatcher.models import ModelSpec
@@ -41,6 +42,16 @@ STARTED = int(time.time())
 STRICT = ConfigDict(extra="forbid", strict=True)
 
 
+ServiceTier = Annotated[Literal["auto", "default", "flex", "priority"] | None, Field(
+    None, description="`flex`: served after the app's other work; `auto`, `default` (and `priority`, which "
+    "cannot go above an app's share): as usual.")]
+
+
+def tier(service_tier: str | None) -> None:
+    """OpenAI's service tier as the priority of this request's jobs inside its app."""
+    apps.priority.set("low" if service_tier == "flex" else "normal")
+
+
 class OpenAIEmbeddingsRequest(BaseModel):
     model_config = STRICT
     input: str | list[str] = Field(description="A text or a list of texts (token arrays are not accepted).")
@@ -48,6 +59,7 @@ class OpenAIEmbeddingsRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: JsonInt | None = Field(None, description="Must equal the model's dimension if given.")
     user: str | None = Field(None, description="OpenAI's end-user id: accepted, changes nothing.")
+    service_tier: ServiceTier = None
     deadline_s: Deadline = None
 
 
@@ -89,6 +101,7 @@ class ChatRequest(BaseModel):
         "before the first.")
     n: JsonInt = Field(1, ge=1, le=1, description="Only one choice per request.")
     user: str | None = Field(None, description="OpenAI's end-user id: accepted, changes nothing.")
+    service_tier: ServiceTier = None
 
     def stops(self) -> list[str] | None:
         return [self.stop] if isinstance(self.stop, str) else self.stop or None
@@ -96,6 +109,7 @@ class ChatRequest(BaseModel):
 
 @router.post("/embeddings", dependencies=[Depends(require_inference)], responses=ERRORS)
 async def embeddings(body: OpenAIEmbeddingsRequest, dispatcher: AsyncDispatcherDep) -> Any:
+    tier(body.service_tier)
     texts = [body.input] if isinstance(body.input, str) else body.input
     started = time.perf_counter()
     result = await dispatcher.embed(texts, body.model, deadline_s=body.deadline_s)
@@ -122,6 +136,7 @@ def embedding_body(body: OpenAIEmbeddingsRequest, result: EmbedResult) -> dict[s
 @router.post("/chat/completions", dependencies=[Depends(require_inference)], responses={
     **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or events when `stream` is true"}})
 async def chat_completions(body: ChatRequest, dispatcher: AsyncDispatcherDep) -> Any:
+    tier(body.service_tier)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     started = time.perf_counter()
     chunks = dispatcher.stream(messages, body.model, max_tokens=max_tokens(body), temperature=body.temperature,

@@ -165,6 +165,17 @@ export const NPUDetailsPanel = {
       </tbody>
     </table></div>
     <p v-if="details && !details.models.length" class="muted">No models are registered.</p>
+    <template v-if="details && details.apps && details.apps.length">
+      <h3>Apps <span class="muted small">work served here since the workers started: texts embedded and tokens
+        generated</span></h3>
+      <div class="table-wrap"><table class="table cards" data-test="details-apps">
+        <thead><tr><th>App</th><th>Work served</th></tr></thead>
+        <tbody><tr v-for="a in details.apps" :key="a.name" :data-app="a.name">
+          <td class="name" data-test="app-name">{{ a.name === "-" ? "(no app)" : a.name }}</td>
+          <td data-label="Work served" data-test="app-work">{{ a.work }}</td>
+        </tr></tbody>
+      </table></div>
+    </template>
     <p v-if="actionError" class="error" role="alert">{{ actionError }}</p>
     <h3>Utilization history <span class="muted small">{{ samples }} {{ samples === 1 ? "sample" : "samples" }}, one every
       5 s, up to an hour</span></h3>

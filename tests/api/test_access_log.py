@@ -38,6 +38,7 @@ def test_every_request_is_one_line(settings: Settings, worker: WorkerProcess, ca
     text = [r.getMessage() for r in caplog.records if r.name == "npu.access"]
     assert all("secret text" not in t and "not-a-token" not in t for t in text)
     assert text[0].startswith("POST /embeddings 200 ") and f"rid=acc-1 caller=service:{SERVICE_ID}" in text[0]
+    assert served["app"] == SERVICE_ID and f"app={SERVICE_ID} " in text[0]  # a service counts as its id's app
 
 
 def test_503_and_json_form(isolated: Settings, caplog: pytest.LogCaptureFixture) -> None:

@@ -15,7 +15,7 @@ from rq import Queue, SimpleWorker
 from rq.job import JobStatus
 from rq.worker_registration import REDIS_WORKER_KEYS
 
-from dispatcher.protocol import GROUP, Job, Keys, MsgpackSerializer, Reply, pack, read_reply, unpack
+from dispatcher.protocol import GROUP, Job, Keys, MsgpackSerializer, Reply, app_tag, pack, read_reply, unpack
 from dispatcher.settings import Settings
 from npu_worker.redis_server import EmbeddedRedis
 from tests.conftest import WorkerProcess
@@ -55,6 +55,13 @@ def test_interactive_jobs_of_a_dead_worker_are_taken_over_and_poison_is_dead_let
     _pending_on(r, stream, "dead-worker", orphan)
     _pending_on(r, stream, "dead-worker", poison, times=2)  # already handed to 2 workers that died with it
     busy_entry = _pending_on(r, stream, "busy-worker", busy)  # alive, in a long batch: not to be touched
+    # a job an app's worker held in its fair queue (read, unacked) when it died: taken over the same way
+    r.hset(keys.apps, "takeover-app", 1)
+    app_stream = keys.stream(MODEL, None, app_tag("takeover-app"))
+    r.xgroup_create(app_stream, GROUP, id="0", mkstream=True)
+    held = _job(keys, "held by a dead worker")
+    held.app = "takeover-app"
+    _pending_on(r, app_stream, "dead-worker", held)
 
     proc = WorkerProcess(isolated, models=[MODEL])
     try:
@@ -63,6 +70,7 @@ def test_interactive_jobs_of_a_dead_worker_are_taken_over_and_poison_is_dead_let
         answered = _reply(r, orphan, timeout=15)
         assert answered.ok and answered.matrix().shape == (1, 384) and answered.worker_id != "dead-worker"
         assert time.monotonic() - started < 5  # one reap interval (1 s) plus the claim idle time (1 s)
+        assert _reply(r, held, timeout=10).ok
         failed = _reply(r, poison, timeout=5)
         assert not failed.ok and failed.error == "job_failed" and "dead-letter" in (failed.message or "")
         dead = r.xrange(keys.dead(MODEL))
@@ -75,7 +83,7 @@ def test_interactive_jobs_of_a_dead_worker_are_taken_over_and_poison_is_dead_let
         consumers = {c["name"] for c in r.xinfo_consumers(stream, GROUP)}
         assert b"dead-worker" not in consumers and b"busy-worker" in consumers
         beat = proc.beat()
-        assert beat and beat.counters["reclaimed"] == 1 and beat.counters["dead_lettered"] == 1
+        assert beat and beat.counters["reclaimed"] == 2 and beat.counters["dead_lettered"] == 1
     finally:
         proc.stop()
 
