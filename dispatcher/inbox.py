@@ -59,8 +59,12 @@ class Inbox:
         """The next reply of an expected job, or None after `timeout` seconds; re-raises a Redis error."""
         queue = self._waiters[job_id]
         try:
-            message = await asyncio.wait_for(queue.get(), timeout) if timeout > 0 else queue.get_nowait()
-        except (TimeoutError, asyncio.TimeoutError, asyncio.QueueEmpty):
+            if timeout <= 0 or not queue.empty():
+                message = queue.get_nowait()
+            else:  # a timeout scope, not `wait_for`: on Python 3.11 that makes a task per wait
+                async with asyncio.timeout(timeout):
+                    message = await queue.get()
+        except (TimeoutError, asyncio.QueueEmpty):
             return None
         if isinstance(message, BaseException):
             raise message

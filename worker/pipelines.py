@@ -22,6 +22,10 @@ EMBED_SHAPE_CACHE = 32
 """The same for an embedding model, whose batches of any size and length make thousands of distinct shapes, so
 a larger cache rarely hits and only holds memory; throughput did not suffer (docs/benchmarks.md)."""
 
+TOKENIZER_CONFIG = {"INFERENCE_NUM_THREADS": 1}
+"""The tokenizer model runs on one thread: a batch of short texts is too little work to share, and a second
+thread only cost CPU waking and waiting (docs/benchmarks.md)."""
+
 # One synchronous pipeline per worker process with the LATENCY hint: THROUGHPUT with one synchronous
 # caller, or a second pipeline in another thread, was slower (docs/architecture.md).
 def plugin_config(threads: int = 0, device: str = "CPU", shapes: int = CPU_SHAPE_CACHE) -> dict[str, object]:
@@ -74,7 +78,7 @@ class TextEmbeddingEngine:
         # The tokenizer model compiled on its own counts tokens faster than openvino_genai.Tokenizer.encode,
         # and every text is counted before it is embedded.
         core = ov.Core()
-        self._tokenize = core.compile_model(spec.path / "openvino_tokenizer.xml", "CPU")
+        self._tokenize = core.compile_model(spec.path / "openvino_tokenizer.xml", "CPU", TOKENIZER_CONFIG)
         self._model: ov.CompiledModel | None = None
         model_file = spec.path / "openvino_model.xml"
         if one_pass and model_file.is_file() and not self.device.startswith("NPU"):
