@@ -13,7 +13,7 @@ import time
 from typing import Annotated, Any, Literal, cast
 
 import orjson
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.errors import ConflictError, InvalidInputError
@@ -39,7 +39,7 @@ class BatchRequest(BaseModel):
 
 
 @router.post("/batches", responses=ERRORS)
-async def create_batch(body: BatchRequest, who: Caller, dispatcher: AsyncDispatcherDep,
+async def create_batch(request: Request, body: BatchRequest, who: Caller, dispatcher: AsyncDispatcherDep,
                        settings: SettingsDep) -> dict[str, Any]:
     r, keys = dispatcher.redis, dispatcher.keys
     meta = await file_meta(r, keys, body.input_file_id, who[1])
@@ -72,6 +72,9 @@ async def create_batch(body: BatchRequest, who: Caller, dispatcher: AsyncDispatc
     else:
         pipe.sadd(keys.batches_active, obj["id"])
     await pipe.execute()
+    driver = getattr(request.app.state, "batch_driver", None)
+    if driver is not None and not checked.errors:
+        driver.wake()
     obj.pop("owner")
     return obj
 
