@@ -18,6 +18,7 @@ from dispatcher.settings import Settings, get_settings
 from . import errors
 from .auth import Authenticator
 from .batches.driver import Driver
+from .metrics import cancelled as count_cancelled
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
@@ -64,7 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        dispatcher = app.state.dispatcher = AsyncDispatcher(settings)
+        # A job whose HTTP client left is cancelled as `client_gone` (api/disconnect.py), and counted.
+        dispatcher = app.state.dispatcher = AsyncDispatcher(settings, cancel_reason="client_gone",
+                                                            on_cancel=count_cancelled)
         app.state.fleet = Fleet(dispatcher.redis, dispatcher.keys, settings, dispatcher.registry)
         sampler = asyncio.create_task(_sample_history(app.state.fleet))
         driver = app.state.batch_driver = Driver(settings, dispatcher.registry)
