@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from rq.job import JobStatus
 
 from dispatcher.client import AsyncDispatcher, Dispatcher
+from dispatcher.errors import InvalidInputError, NotFoundError
 from dispatcher.settings import Settings
 from tests.conftest import APP_KEY, LiveFacade, WorkerProcess
 
@@ -183,3 +185,34 @@ def test_a_long_generation_outlives_the_idle_timer(settings: Settings, worker: W
         assert result.completion_tokens and result.completion_tokens > 50
     finally:
         dispatcher.close()
+
+
+def test_a_bulk_job_is_cancelled_by_id(isolated: Settings, settings: Settings, worker: WorkerProcess) -> None:
+    """Queued: RQ's own `Job.cancel`. Started (a bulk generation in the worker's engine): stopped within a
+    step, and RQ shows it canceled. Unknown or ended: a clear error."""
+    idle = Dispatcher(isolated)  # no worker serves this prefix: the job stays queued
+    try:
+        queued = idle.submit_embed(["never embedded"], MODEL)
+        assert idle.cancel_bulk(queued.id).get_status() == JobStatus.CANCELED
+        with pytest.raises(NotFoundError):
+            idle.cancel_bulk("no-such-job")
+        with pytest.raises(InvalidInputError):
+            idle.cancel_bulk(queued.id)
+    finally:
+        idle.close()
+    before = counters(worker)
+    dispatcher = Dispatcher(settings)
+    try:
+        job = dispatcher.submit_generate(PROMPT, LLM, max_tokens=LONG, temperature=0)
+        end = time.monotonic() + 30
+        while job.get_status() != JobStatus.STARTED and time.monotonic() < end:
+            time.sleep(0.05)
+        dispatcher.cancel_bulk(job.id)
+        while job.get_status() != JobStatus.CANCELED and time.monotonic() < end:
+            time.sleep(0.05)
+        assert job.get_status() == JobStatus.CANCELED
+    finally:
+        dispatcher.close()
+    after = settled(worker, lambda c: c.get("cancelled_caller_cancelled", 0)
+                    > before.get("cancelled_caller_cancelled", 0))
+    assert after.get(TOKENS, 0) - before.get(TOKENS, 0) < LONG // 2
