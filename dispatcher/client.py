@@ -9,9 +9,10 @@ together (`dispatcher/sender.py`) and their replies come back through one shared
 
 Cancellation: a driver remembers each job its flow sent (`_Sent`: the stream entry, the worker that took
 it). When the flow ends with a job unanswered (the caller cancelled the coroutine or closed the stream,
-the facade's client disconnected, the flow gave up), the driver cancels the job as `effects.Cancel` says:
-a job no worker took yet is deleted from its stream (XDEL: the worker never sees it), a started one is
-named in its worker's cancel set, which the worker reads with each step's replies (no extra round trip).
+the facade's client disconnected), the driver cancels the job as `effects.Cancel` says (a flow that gives
+up on a job yields that effect itself): a job no worker took yet is deleted from its stream (XDEL: the
+worker never sees it), a started one is named in its worker's cancel set, which the worker reads with
+each step's replies.
 
 The bulk lane is RQ, whose client is blocking: `AsyncDispatcher` runs its enqueue in a thread on a
 blocking Redis client, so the `rq.job.Job` it returns is the same object, with a working connection, as
@@ -171,11 +172,12 @@ class Dispatcher(_Driver):
 
     def _drive(self, flow: StreamFlow[R]) -> Generator[StreamChunk | _Done[R], None, None]:
         """Runs a flow: carries out its effects; yields its text, then its result. Jobs left unanswered
-        when it ends are cancelled (the caller closed the stream early: `cancel_reason`)."""
+        when the caller leaves (closes the stream early, KeyboardInterrupt) are cancelled as
+        `cancel_reason`; a flow that gives up on a job itself says so (`Cancel`)."""
         reply: object = None
         error: Exception | None = None
         sent: dict[str, _Sent] = {}
-        reason = "deadline"
+        reason: str | None = None
         try:
             while True:
                 item = _resume(flow, reply, error)
@@ -197,7 +199,7 @@ class Dispatcher(_Driver):
         finally:
             flow.close()  # also when the caller stops reading a stream early
             for job in sent.values():
-                if not job.done:
+                if reason is not None and not job.done:
                     self._cancel(job, reason)
 
     def _perform(self, effect: Effect[object], sent: dict[str, _Sent]) -> object:
@@ -358,7 +360,7 @@ class AsyncDispatcher(_Driver):
         reply: object = None
         error: Exception | None = None
         sent: dict[str, _AsyncSent] = {}
-        reason = "deadline"
+        reason: str | None = None
         try:
             while True:
                 item = _resume(flow, reply, error)
@@ -380,7 +382,7 @@ class AsyncDispatcher(_Driver):
         finally:
             flow.close()
             for job in sent.values():
-                if job.done:
+                if reason is None or job.done:
                     self.inbox.forget(job.job.id)
                 else:
                     job.done = True
