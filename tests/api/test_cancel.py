@@ -20,7 +20,7 @@ from rq.job import JobStatus
 from dispatcher.client import AsyncDispatcher, Dispatcher
 from dispatcher.errors import InvalidInputError, NotFoundError
 from dispatcher.settings import Settings
-from tests.conftest import APP_KEY, LiveFacade, WorkerProcess
+from tests.conftest import ADMIN_TOKEN, APP_KEY, LiveFacade, WorkerProcess
 
 MODEL = "all-minilm-l6-v2"
 LLM = "smollm2-135m-instruct"
@@ -72,6 +72,10 @@ def test_a_client_leaving_a_stream_stops_its_generation(facade: LiveFacade, work
     generated = after.get(TOKENS, 0) - before.get(TOKENS, 0)
     assert chunks <= generated <= chunks + SLACK, generated
     assert after.get("jobs", 0) == before.get("jobs", 0)  # not counted as served
+    metrics = httpx.get(f"{facade.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text
+    assert 'npu_cancelled_total{reason="client_gone"}' in metrics
+    assert any(line.startswith("npu_worker_cancelled_total{") and 'reason="client_gone"' in line
+               and not line.endswith(" 0.0") for line in metrics.splitlines())
 
 
 def test_a_client_leaving_before_its_answer_stops_its_generation(facade: LiveFacade, worker: WorkerProcess) -> None:
