@@ -38,6 +38,13 @@ def counters(worker: WorkerProcess) -> dict[str, int]:
     return beat.counters
 
 
+def quiet(worker: WorkerProcess) -> dict[str, int]:
+    """The counters once the work of earlier tests is in them (a generation is counted when it ends, and
+    the heartbeat carries that up to an interval later)."""
+    time.sleep(worker.settings.heartbeat_interval_s + 0.3)
+    return counters(worker)
+
+
 def settled(worker: WorkerProcess, ready: Callable[[dict[str, int]], bool], timeout: float = 20) -> dict[str, int]:
     """The worker's counters once `ready` holds and one more heartbeat has gone out (the generation's own
     tokens are counted when its engine ends it, a step after the cancel)."""
@@ -56,7 +63,7 @@ def bearer() -> dict[str, str]:
 
 
 def test_a_client_leaving_a_stream_stops_its_generation(facade: LiveFacade, worker: WorkerProcess) -> None:
-    before = counters(worker)
+    before = quiet(worker)
     chunks = 0
     with httpx.Client(timeout=60) as client, client.stream(
             "POST", f"{facade.url}/v1/chat/completions", headers=bearer(),
@@ -79,7 +86,7 @@ def test_a_client_leaving_a_stream_stops_its_generation(facade: LiveFacade, work
 
 
 def test_a_client_leaving_before_its_answer_stops_its_generation(facade: LiveFacade, worker: WorkerProcess) -> None:
-    before = counters(worker)
+    before = quiet(worker)
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up while the worker generates
         httpx.post(f"{facade.url}/inference", headers=bearer(), timeout=httpx.Timeout(60, read=1.0),
                    json={"prompt": PROMPT, "model": LLM, "max_tokens": LONG, "temperature": 0})
@@ -88,7 +95,7 @@ def test_a_client_leaving_before_its_answer_stops_its_generation(facade: LiveFac
 
 
 def test_a_queued_embedding_whose_client_left_is_not_computed(facade: LiveFacade, worker: WorkerProcess) -> None:
-    before = counters(worker)
+    before = quiet(worker)
     worker.proc.send_signal(signal.SIGSTOP)  # alive by its heartbeat for a few seconds, but reading nothing
     try:
         # The stopped worker's blocking read (a call Redis answers without it) takes the first job; the
@@ -114,7 +121,7 @@ def test_a_queued_embedding_whose_client_left_is_not_computed(facade: LiveFacade
 
 
 def test_cancelling_an_async_call_stops_its_generation(settings: Settings, worker: WorkerProcess) -> None:
-    before = counters(worker)
+    before = quiet(worker)
 
     async def cancel_midway() -> int:
         dispatcher = AsyncDispatcher(settings)
@@ -144,7 +151,7 @@ def test_cancelling_an_async_call_stops_its_generation(settings: Settings, worke
 
 
 def test_closing_a_sync_stream_early_stops_its_generation(settings: Settings, worker: WorkerProcess) -> None:
-    before = counters(worker)
+    before = quiet(worker)
     dispatcher = Dispatcher(settings)
     try:
         stream = dispatcher.stream(PROMPT, LLM, max_tokens=LONG, temperature=0)
@@ -163,7 +170,7 @@ def test_closing_a_sync_stream_early_stops_its_generation(settings: Settings, wo
 
 def test_the_deadline_bounds_a_running_generation(facade: LiveFacade, worker: WorkerProcess) -> None:
     """`deadline_s` is the whole call's budget: the worker cuts the generation and answers with its text."""
-    before = counters(worker)
+    before = quiet(worker)
     started = time.monotonic()
     response = httpx.post(f"{facade.url}/inference", headers=bearer(), timeout=60,
                           json={"prompt": PROMPT, "model": LLM, "max_tokens": 400, "deadline_s": 1.0,
@@ -204,7 +211,7 @@ def test_a_bulk_job_is_cancelled_by_id(isolated: Settings, settings: Settings, w
             idle.cancel_bulk(queued.id)
     finally:
         idle.close()
-    before = counters(worker)
+    before = quiet(worker)
     dispatcher = Dispatcher(settings)
     try:
         job = dispatcher.submit_generate(PROMPT, LLM, max_tokens=LONG, temperature=0)
