@@ -516,6 +516,8 @@ class AsyncDispatcher(_Driver):
         return await asyncio.to_thread(self._bulk_cancel, self._rq_redis, job_id)
 
     async def aclose(self) -> None:
+        if self._cancelling:  # cancellations under way finish first (bounded: each waits START_WAIT_S at most)
+            await asyncio.wait(set(self._cancelling), timeout=START_WAIT_S + WAIT_SLICE_S)
         await self.inbox.close()
         if self._http is not None:
             await self._http.aclose()
