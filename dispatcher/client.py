@@ -178,11 +178,13 @@ class Dispatcher(_Driver):
         error: Exception | None = None
         sent: dict[str, _Sent] = {}
         reason: str | None = None
+        ended = False
         try:
             while True:
                 item = _resume(flow, reply, error)
                 reply, error = None, None
                 if isinstance(item, _Done):
+                    ended = True  # closed after its result: the caller did not leave
                     yield item
                     return
                 if isinstance(item, StreamChunk):
@@ -193,7 +195,7 @@ class Dispatcher(_Driver):
                 except Exception as exc:  # thrown into the flow, which decides what it means
                     error = exc
         except BaseException as exc:
-            if not isinstance(exc, Exception):  # GeneratorExit, KeyboardInterrupt: the caller left
+            if not ended and not isinstance(exc, Exception):  # GeneratorExit, KeyboardInterrupt: the caller left
                 reason = self.cancel_reason
             raise
         finally:
@@ -361,11 +363,13 @@ class AsyncDispatcher(_Driver):
         error: Exception | None = None
         sent: dict[str, _AsyncSent] = {}
         reason: str | None = None
+        ended = False
         try:
             while True:
                 item = _resume(flow, reply, error)
                 reply, error = None, None
                 if isinstance(item, _Done):
+                    ended = True  # closed after its result: the caller did not leave
                     yield item
                     return
                 if isinstance(item, StreamChunk):
@@ -376,7 +380,7 @@ class AsyncDispatcher(_Driver):
                 except Exception as exc:  # thrown into the flow, which decides what it means
                     error = exc
         except BaseException as exc:
-            if not isinstance(exc, Exception):  # CancelledError, GeneratorExit: the caller left
+            if not ended and not isinstance(exc, Exception):  # CancelledError, GeneratorExit: the caller left
                 reason = self.cancel_reason
             raise
         finally:
