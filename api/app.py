@@ -20,6 +20,7 @@ from . import errors
 from .auth import Authenticator
 from .batches.driver import Driver
 from .limiting import limiter
+from .metrics import cancelled as count_cancelled
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, NoSniffMiddleware, RequestIdMiddleware
 from .openapi import document_limits
 from .responses import ORJSONResponse
@@ -83,7 +84,9 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        dispatcher = app.state.dispatcher = AsyncDispatcher(settings)
+        # A job whose HTTP client left is cancelled as `client_gone` (api/disconnect.py), and counted.
+        dispatcher = app.state.dispatcher = AsyncDispatcher(settings, cancel_reason="client_gone",
+                                                            on_cancel=count_cancelled)
         await _publish_apps(app, dispatcher)
         app.state.limiter = limiter(dispatcher.redis, dispatcher.keys, app.state.auth.apps, settings.deadline_s + 60)
         app.state.fleet = Fleet(dispatcher.redis, dispatcher.keys, settings, dispatcher.registry)

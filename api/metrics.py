@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from dispatcher import apps
 from dispatcher.logs import note_access
-from dispatcher.protocol import BATCH_BUCKETS, Heartbeat
+from dispatcher.protocol import BATCH_BUCKETS, CANCEL_REASONS, Heartbeat
 from dispatcher.results import EmbedResult, GenerateResult
 
 from . import limiting
@@ -57,6 +57,16 @@ AUTH_FAILURES = Counter(
     "npu_auth_failures", "Requests refused by authentication (401) or authorization (403), by precise cause "
     "(missing_headers, outside_window, bad_signature, unknown_service, replayed_nonce, bad_token, forbidden, ...).",
     ["reason"])
+
+
+CANCELLED = Counter("npu_cancelled", "Jobs this facade cancelled because nobody waited for them any more, by "
+                    "reason (client_gone: the HTTP client disconnected; deadline: the request's budget ended "
+                    "before a worker started it).", ["reason"])
+
+
+def cancelled(reason: str) -> None:
+    """A job this facade's dispatcher cancelled (its `on_cancel`)."""
+    CANCELLED.labels(reason).inc()
 
 
 def observe(route: str, result: EmbedResult | GenerateResult, seconds: float) -> None:
@@ -156,6 +166,17 @@ def _jobs(state: FleetState) -> Metric:
     return jobs
 
 
+def _cancelled(state: FleetState) -> Metric:
+    stopped = CounterMetricFamily("npu_worker_cancelled", "Generations a worker stopped before their end, by "
+                                  "reason (client_gone, caller_cancelled: nobody waits any more; deadline: the "
+                                  "caller's budget ended, its text so far returned).",
+                                  labels=["node", "worker", "reason"])
+    for b in state.beats:
+        for reason in CANCEL_REASONS:
+            stopped.add_metric([b.node_id, b.worker_id, reason], b.counters.get(f"cancelled_{reason}", 0))
+    return stopped
+
+
 def _reclaimed(state: FleetState) -> Metric:
     taken = CounterMetricFamily("npu_worker_reclaimed_jobs", "Interactive jobs a worker took over from dead "
                                 "workers (then counted again when served).", labels=["node", "worker"])
@@ -195,7 +216,7 @@ def _kv_cache(kind: str, help_text: str) -> Callable[[FleetState], Metric]:
 
 
 FLEET_FAMILIES: list[Callable[[FleetState], Metric]] = [
-    _queue_depth, _utilization, _busy, _live, _jobs, _reclaimed, _batches, _rss,
+    _queue_depth, _utilization, _busy, _live, _jobs, _cancelled, _reclaimed, _batches, _rss,
     _kv_cache("configured", "Most KV cache a generation model may take on a worker (NPU_KV_CACHE_MB, or computed)."),
     _kv_cache("allocated", "KV cache the engine holds now."),
     _kv_cache("used", "KV cache occupied by running generations."),

@@ -7,6 +7,13 @@ key's BLPOP in the same round trip. `AsyncDispatcher` waits on a socket: its cal
 together (`dispatcher/sender.py`) and their replies come back through one shared reply list
 (`dispatcher/inbox.py`), so 64 waiting requests hold two connections, not 64.
 
+Cancellation: a driver remembers each job its flow sent (`_Sent`: the stream entry, the worker that took
+it). When the flow ends with a job unanswered (the caller cancelled the coroutine or closed the stream,
+the facade's client disconnected), the driver cancels the job as `effects.Cancel` says (a flow that gives
+up on a job yields that effect itself): a job no worker took yet is deleted from its stream (XDEL: the
+worker never sees it), a started one is named in its worker's cancel set, which the worker reads with
+each step's replies.
+
 The bulk lane is RQ, whose client is blocking: `AsyncDispatcher` runs its enqueue in a thread on a
 blocking Redis client, so the `rq.job.Job` it returns is the same object, with a working connection, as
 the one `Dispatcher` returns (a job bound to an asyncio client could not answer `get_status()`).
@@ -15,8 +22,9 @@ the one `Dispatcher` returns (a job bound to an asyncio client could not answer 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from contextlib import aclosing, closing
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -25,9 +33,13 @@ import httpx
 import redis
 import redis.asyncio as aredis
 from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
+from rq.job import JobStatus
 
 from .effects import (
+    Cancel,
     Effect,
     Enqueue,
     Flow,
@@ -41,10 +53,23 @@ from .effects import (
     StreamFlow,
     WaitReplicas,
 )
+from .errors import InvalidInputError, NotFoundError
 from .flow import DispatchPolicy
 from .inbox import Inbox
 from .models import Registry
-from .protocol import Job, MsgpackSerializer, Prompt, Reply, app_tag, new_id, pack, read_reply, unpack
+from .protocol import (
+    DeltaReply,
+    Job,
+    MsgpackSerializer,
+    Prompt,
+    Reply,
+    StartReply,
+    app_tag,
+    new_id,
+    pack,
+    read_reply,
+    unpack,
+)
 from .results import EmbedResult, GenerateResult, StreamChunk
 from .routing import Calls, FleetRead, FleetSnapshot
 from .sender import Sender
@@ -53,23 +78,89 @@ from .settings import WAIT_SLICE_S, CallerSettings
 __all__ = ["AsyncDispatcher", "Dispatcher", "EmbedResult", "GenerateResult", "StreamChunk"]
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
+START_WAIT_S = 1.0
+"""After deleting a cancelled generation's entry: how long to wait for the start of a worker that took it
+in the same instant (it admits a job in the step that read it), to stop it there too."""
+OnCancel = Callable[[str], None]
+"""Told the reason of each job a driver cancels (the facade counts them)."""
+
+
+@dataclass
+class _Sent:
+    """A job a flow sent, as its driver saw it go out and be answered: what cancelling it needs."""
+
+    job: Job
+    stream: str
+    entry_id: str | None = None
+    worker_id: str | None = None
+    done: bool = False
+    """Answered (or cancelled already): nothing to cancel."""
+
+    def saw(self, reply: Reply | None) -> Reply | None:
+        if isinstance(reply, StartReply):
+            self.worker_id = reply.worker_id or self.worker_id
+        elif reply is not None and not isinstance(reply, DeltaReply):
+            self.done = True
+        return reply
 
 
 class _Driver:
     """What both drivers share: the policy, and the checks callers may run before submitting."""
 
-    def __init__(self, settings: CallerSettings | None, registry: Registry | None):
+    def __init__(self, settings: CallerSettings | None, registry: Registry | None,
+                 cancel_reason: str = "caller_cancelled", on_cancel: OnCancel | None = None):
+        """`cancel_reason`: what a job left by its caller is counted as (the facade's: `client_gone`)."""
         self.policy = DispatchPolicy(settings or CallerSettings(), registry)
         self.settings, self.registry, self.keys = self.policy.settings, self.policy.registry, self.policy.keys
         self.cloud = self.policy.cloud
         self.known_apps: set[str] = set()
+        self.cancel_reason = cancel_reason
+        self.on_cancel = on_cancel
 
-    def stream_of(self, job: Job, node: str | None) -> tuple[str, str | None]:
-        """The stream `job` goes to (its app's, at its priority), and its app when this process has not
-        yet named that app to the workers (`Keys.apps`: until it succeeded once per app and process, never
-        overriding the weight a facade configured)."""
-        stream = self.keys.stream(job.model, node, app_tag(job.app, job.priority))
-        return stream, job.app if job.app and job.app not in self.known_apps else None
+    def stream_of(self, job: Job, node: str | None) -> str:
+        """The stream `job` goes to: its app's, at its priority."""
+        return self.keys.stream(job.model, node, app_tag(job.app, job.priority))
+
+    def unnamed_app(self, job: Job) -> str | None:
+        """`job`'s app when this process has not yet named it to the workers (`Keys.apps`: until that
+        succeeded once per app and process, never overriding the weight a facade configured)."""
+        return job.app if job.app and job.app not in self.known_apps else None
+
+    def _cancelled(self, sent: _Sent, reason: str, how: str) -> None:
+        log.info("cancelled job %s (%s): %s", sent.job.id, reason, how)
+        if self.on_cancel is not None:
+            self.on_cancel(reason)
+
+    def _tell_worker(self, pipe: Any, sent: _Sent, reason: str) -> None:
+        key = self.keys.cancel(sent.worker_id or "")
+        pipe.sadd(key, f"{sent.job.id} {reason}")
+        pipe.expire(key, self.settings.reply_ttl_s)
+
+    def _bulk_cancel(self, r: redis.Redis, job_id: str) -> RQJob:
+        """RQ's own cancel for a job not started (`Job.cancel`); a started one is stopped as RQ documents
+        (`send_stop_job_command`, for a plain `rq worker`) and named in its worker's cancel set (ours run
+        bulk generations in their engines, stopped at the next step)."""
+        try:
+            job = RQJob.fetch(job_id, connection=r, serializer=MsgpackSerializer)
+        except NoSuchJobError:
+            raise NotFoundError(f"no bulk job {job_id!r}") from None
+        status = job.get_status(refresh=False)
+        if status == JobStatus.STARTED and job.worker_name:
+            with r.pipeline(transaction=False) as pipe:
+                pipe.sadd(self.keys.cancel(job.worker_name), f"{job.id} caller_cancelled")
+                pipe.expire(self.keys.cancel(job.worker_name), self.settings.reply_ttl_s)
+                pipe.execute()
+            send_stop_job_command(r, job.id, serializer=MsgpackSerializer)
+        elif status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            raise InvalidInputError(f"bulk job {job_id!r} has already ended ({status.value})")
+        else:
+            try:
+                job.cancel()
+            except InvalidJobOperation as exc:
+                raise InvalidInputError(str(exc)) from None
+        log.info("cancelled bulk job %s (caller_cancelled): it was %s", job.id, status.value if status else "?")
+        return job
 
     def check_texts(self, texts: Any) -> list[str]:
         return self.policy.limits.check_texts(texts)
@@ -82,44 +173,62 @@ class Dispatcher(_Driver):
     """Blocking dispatcher for synchronous backends."""
 
     def __init__(self, settings: CallerSettings | None = None, registry: Registry | None = None,
-                 redis_client: redis.Redis | None = None):
-        super().__init__(settings, registry)
+                 redis_client: redis.Redis | None = None, *, cancel_reason: str = "caller_cancelled",
+                 on_cancel: OnCancel | None = None):
+        super().__init__(settings, registry, cancel_reason, on_cancel)
         self.redis = redis_client or self.settings.redis()
         self._http: httpx.Client | None = None
 
     # --- the driver
 
     def _drive(self, flow: StreamFlow[R]) -> Generator[StreamChunk | _Done[R], None, None]:
-        """Runs a flow: carries out its effects; yields its text, then its result."""
+        """Runs a flow: carries out its effects; yields its text, then its result. Jobs left unanswered
+        when the caller leaves (closes the stream early, KeyboardInterrupt) are cancelled as
+        `cancel_reason`; a flow that gives up on a job itself says so (`Cancel`)."""
         reply: object = None
         error: Exception | None = None
+        sent: dict[str, _Sent] = {}
+        reason: str | None = None
+        ended = False
         try:
             while True:
                 item = _resume(flow, reply, error)
                 reply, error = None, None
                 if isinstance(item, _Done):
+                    ended = True  # closed after its result: the caller did not leave
                     yield item
                     return
                 if isinstance(item, StreamChunk):
                     yield item
                     continue
                 try:
-                    reply = self._perform(item)
+                    reply = self._perform(item, sent)
                 except Exception as exc:  # thrown into the flow, which decides what it means
                     error = exc
+        except BaseException as exc:
+            if not ended and not isinstance(exc, Exception):  # GeneratorExit, KeyboardInterrupt: the caller left
+                reason = self.cancel_reason
+            raise
         finally:
             flow.close()  # also when the caller stops reading a stream early
+            for job in sent.values():
+                if reason is not None and not job.done:
+                    self._cancel(job, reason)
 
-    def _perform(self, effect: Effect[object]) -> object:
+    def _perform(self, effect: Effect[object], sent: dict[str, _Sent]) -> object:
         match effect:
             case ReadFleet(model=model):
                 read = FleetRead(self.keys, model, self.policy.clock.time())
                 first = self._pipeline(read.first())
                 return read.snapshot(first, self._pipeline(read.second(first)))
-            case Send():
-                return self._send(effect)
+            case Send(job=job, node=node):
+                record = sent[job.id] = _Sent(job, self.stream_of(job, node))
+                return record.saw(self._send(effect, record))
             case Receive(job=job, timeout_s=timeout_s):
-                return self._receive(job.reply, timeout_s)
+                return sent[job.id].saw(self._receive(job.reply, timeout_s))
+            case Cancel(job=job, reason=reason):
+                self._cancel(sent[job.id], reason)
+                return None
             case IsAlive(worker_id=worker_id):
                 return bool(self.redis.exists(self.keys.worker(worker_id)))
             case Pause(seconds=seconds):
@@ -136,18 +245,19 @@ class Dispatcher(_Driver):
         replies: list[object] = _queued(self.redis.pipeline(transaction=False), calls).execute()
         return replies
 
-    def _send(self, send: Send) -> Reply | None:
+    def _send(self, send: Send, record: _Sent) -> Reply | None:
         """XADD and the first BLPOP in one round trip; a long wait is made of `WAIT_SLICE_S` slices."""
         job = send.job
         job.reply = self.keys.reply(job.id)
         end = time.monotonic() + send.timeout_s
         pipe = self.redis.pipeline(transaction=False)
-        stream, new_app = self.stream_of(job, send.node)
+        new_app = self.unnamed_app(job)
         if new_app:
             pipe.hsetnx(self.keys.apps, new_app, 1)
-        pipe.xadd(stream, {"j": pack(job)})
+        pipe.xadd(record.stream, {"j": pack(job)})
         pipe.blpop([job.reply], timeout=min(send.timeout_s, WAIT_SLICE_S))
-        popped: Any = pipe.execute()[-1]
+        *_, entry_id, popped = pipe.execute()
+        record.entry_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         if new_app:
             self.known_apps.add(new_app)
         if popped is not None:
@@ -161,6 +271,26 @@ class Dispatcher(_Driver):
             if popped is not None:
                 return read_reply(unpack(popped[1]))
         return None
+
+    def _cancel(self, sent: _Sent, reason: str) -> None:
+        """`effects.Cancel`; a failure is logged, never raised over what ended the flow."""
+        sent.done = True
+        try:
+            if sent.worker_id is None and sent.entry_id is not None:
+                removed = self.redis.xdel(sent.stream, sent.entry_id)
+                if removed or sent.job.kind != "generate":
+                    self._cancelled(sent, reason, "taken off its stream" if removed else "already taken")
+                    return
+                popped: Any = self.redis.blpop([sent.job.reply], timeout=START_WAIT_S)
+                if popped is not None:
+                    sent.saw(read_reply(unpack(popped[1])))
+            if sent.worker_id is not None:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    self._tell_worker(pipe, sent, reason)
+                    pipe.execute()
+                self._cancelled(sent, reason, f"worker {sent.worker_id} told")
+        except redis.RedisError as exc:
+            log.warning("could not cancel job %s (%s): %s", sent.job.id, reason, exc)
 
     def _run(self, flow: Flow[R]) -> R:
         with closing(self._drive(flow)) as items:
@@ -212,6 +342,11 @@ class Dispatcher(_Driver):
         return self._run(self.policy.submit_generate(prompt, model, max_tokens=max_tokens, temperature=temperature,
                                                      rq_options=rq_options))
 
+    def cancel_bulk(self, job_id: str) -> RQJob:
+        """Cancel a bulk job: RQ's `Job.cancel` if it has not started; a started one is stopped (a bulk
+        generation within a step). Unknown: `NotFoundError`; already ended: `InvalidInputError`."""
+        return self._bulk_cancel(self.redis, job_id)
+
     def close(self) -> None:
         if self._http is not None:
             self._http.close()
@@ -222,57 +357,79 @@ class AsyncDispatcher(_Driver):
     """asyncio dispatcher: the facade's, and any async backend's. Waiting holds a socket, not a thread."""
 
     def __init__(self, settings: CallerSettings | None = None, registry: Registry | None = None,
-                 redis_client: aredis.Redis | None = None):
-        super().__init__(settings, registry)
+                 redis_client: aredis.Redis | None = None, *, cancel_reason: str = "caller_cancelled",
+                 on_cancel: OnCancel | None = None):
+        super().__init__(settings, registry, cancel_reason, on_cancel)
         self.redis = redis_client or self.settings.aredis()
         self.inbox = Inbox(self.redis, self.keys.reply(f"inbox:{new_id()}"))
         self.sender = Sender(self.redis)
         self._http: httpx.AsyncClient | None = None
         self._rq_redis: redis.Redis | None = None
         self._fleet_reads: dict[str, asyncio.Task[FleetSnapshot]] = {}
+        self._cancelling: set[asyncio.Task[None]] = set()
+        """Cancellations under way (a task of their own, so a cancelled caller does not wait for them)."""
 
     # --- the driver
 
     async def _drive(self, flow: StreamFlow[R]) -> AsyncGenerator[StreamChunk | _Done[R], None]:
-        """As `Dispatcher._drive`. Replies of the flow's jobs that come after it ended are dropped."""
+        """As `Dispatcher._drive`. Replies of the flow's jobs that come after it ended are dropped. Jobs
+        left unanswered are cancelled in a task of their own: a cancelled caller (asyncio.CancelledError,
+        which anyio delivers again at every await of a cancelled scope) cannot await it."""
         reply: object = None
         error: Exception | None = None
-        jobs: list[str] = []
+        sent: dict[str, _AsyncSent] = {}
+        reason: str | None = None
+        ended = False
         try:
             while True:
                 item = _resume(flow, reply, error)
                 reply, error = None, None
                 if isinstance(item, _Done):
+                    ended = True  # closed after its result: the caller did not leave
                     yield item
                     return
                 if isinstance(item, StreamChunk):
                     yield item
                     continue
                 try:
-                    reply = await self._perform(item, jobs)
+                    reply = await self._perform(item, sent)
                 except Exception as exc:  # thrown into the flow, which decides what it means
                     error = exc
+        except BaseException as exc:
+            if not ended and not isinstance(exc, Exception):  # CancelledError, GeneratorExit: the caller left
+                reason = self.cancel_reason
+            raise
         finally:
             flow.close()
-            for job_id in jobs:
-                self.inbox.forget(job_id)
+            for job in sent.values():
+                if reason is None or job.done:
+                    self.inbox.forget(job.job.id)
+                else:
+                    job.done = True
+                    self._cancel_later(job, reason)
 
-    async def _perform(self, effect: Effect[object], jobs: list[str]) -> object:
+    async def _perform(self, effect: Effect[object], sent: dict[str, _AsyncSent]) -> object:
         match effect:
             case ReadFleet(model=model):
                 return await self._read_fleet(model)
             case Send(job=job, node=node, timeout_s=timeout_s):
                 job.reply = self.inbox.key
-                jobs.append(job.id)
                 self.inbox.expect(job.id)
-                stream, new_app = self.stream_of(job, node)
+                new_app = self.unnamed_app(job)
                 if new_app:
                     await self.redis.hsetnx(self.keys.apps, new_app, 1)
                     self.known_apps.add(new_app)
-                await self.sender.xadd(stream, {"j": pack(job)})
-                return _reply(await self.inbox.get(job.id, timeout_s))
+                record = sent[job.id] = _AsyncSent(job, self.stream_of(job, node))
+                record.entry = self.sender.xadd(record.stream, {"j": pack(job)})
+                record.entry_id = await asyncio.shield(record.entry)
+                return record.saw(_reply(await self.inbox.get(job.id, timeout_s)))
             case Receive(job=job, timeout_s=timeout_s):
-                return _reply(await self.inbox.get(job.id, timeout_s))
+                return sent[job.id].saw(_reply(await self.inbox.get(job.id, timeout_s)))
+            case Cancel(job=job, reason=reason):
+                record = sent[job.id]
+                record.done = True
+                await self._cancel(record, reason)
+                return None
             case IsAlive(worker_id=worker_id):
                 return bool(await self.redis.exists(self.keys.worker(worker_id)))
             case Pause(seconds=seconds):
@@ -285,6 +442,35 @@ class AsyncDispatcher(_Driver):
                 self._rq_redis = self._rq_redis or self.settings.redis()
                 return await asyncio.to_thread(_rq, self._rq_redis, effect)
         raise TypeError(f"unknown effect {effect!r}")
+
+    def _cancel_later(self, sent: _AsyncSent, reason: str) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(self._cancel(sent, reason))
+        except RuntimeError:  # no loop any more (interpreter shutdown): the worker drops it by its budget
+            return
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
+    async def _cancel(self, sent: _AsyncSent, reason: str) -> None:
+        """`effects.Cancel`; a failure is logged, never raised."""
+        try:
+            if sent.worker_id is None:
+                if sent.entry_id is None and sent.entry is not None:
+                    sent.entry_id = await sent.entry
+                removed = await self.redis.xdel(sent.stream, sent.entry_id) if sent.entry_id else 0
+                if sent.job.kind == "generate":  # a worker may have taken it this instant: its start says
+                    sent.saw(_reply(await self.inbox.get(sent.job.id, START_WAIT_S if not removed else 0.2)))
+                if sent.worker_id is None:
+                    self._cancelled(sent, reason, "taken off its stream" if removed else "already taken")
+                    return
+            pipe = self.redis.pipeline(transaction=False)
+            self._tell_worker(pipe, sent, reason)
+            await pipe.execute()
+            self._cancelled(sent, reason, f"worker {sent.worker_id} told")
+        except Exception as exc:
+            log.warning("could not cancel job %s (%s): %s", sent.job.id, reason, exc)
+        finally:
+            self.inbox.forget(sent.job.id)
 
     async def _read_fleet(self, model: str) -> FleetSnapshot:
         """Callers that miss the fleet cache together share one read."""
@@ -348,7 +534,14 @@ class AsyncDispatcher(_Driver):
         return await self._run(self.policy.submit_generate(prompt, model, max_tokens=max_tokens,
                                                            temperature=temperature, rq_options=rq_options))
 
+    async def cancel_bulk(self, job_id: str) -> RQJob:
+        """As `Dispatcher.cancel_bulk`, in a thread (RQ's client is blocking)."""
+        self._rq_redis = self._rq_redis or self.settings.redis()
+        return await asyncio.to_thread(self._bulk_cancel, self._rq_redis, job_id)
+
     async def aclose(self) -> None:
+        if self._cancelling:  # cancellations under way finish first (bounded: each waits START_WAIT_S at most)
+            await asyncio.wait(set(self._cancelling), timeout=START_WAIT_S + WAIT_SLICE_S)
         await self.inbox.close()
         if self._http is not None:
             await self._http.aclose()
@@ -358,6 +551,12 @@ class AsyncDispatcher(_Driver):
 
 
 # --- what both drivers share
+
+
+@dataclass
+class _AsyncSent(_Sent):
+    entry: asyncio.Future[str] | None = None
+    """The XADD under way (a caller cancelled while it was queued still learns the entry's id)."""
 
 
 @dataclass

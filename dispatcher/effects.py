@@ -74,6 +74,16 @@ class Receive(Effect[Reply | None]):
 
 
 @dataclass(frozen=True)
+class Cancel(Effect[None]):
+    """Nobody waits for `job` any more: take it off its stream if no worker took it yet, else tell the
+    worker running it (a generation stops within a step and frees its KV cache). `reason` is one of
+    `protocol.CANCEL_REASONS`. Drivers also carry it out themselves for jobs of a flow closed early."""
+
+    job: Job
+    reason: str
+
+
+@dataclass(frozen=True)
 class IsAlive(Effect[bool]):
     """Whether a worker's heartbeat is still there."""
 

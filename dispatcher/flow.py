@@ -36,6 +36,7 @@ from rq.job import Job as RQJob
 from . import apps
 from .cloud import CloudAPI
 from .effects import (
+    Cancel,
     Clock,
     Enqueue,
     Flow,
@@ -131,6 +132,9 @@ class Call:
     stop: list[str] | None = None
     streamed: bool = False
     """Text has reached the caller: the generation can no longer be retried or replaced."""
+    bounded: bool = False
+    """The caller set `deadline_s`: it bounds the whole call, a running generation included (the setting's
+    default bounds only the wait for a worker to start it)."""
 
 
 class DispatchPolicy:
@@ -169,7 +173,7 @@ class DispatchPolicy:
 
     def _call(self, spec: ModelSpec, deadline_s: float | None, allow_cloud: bool) -> Call:
         return Call(spec, self.budget(deadline_s), allow_cloud and self.cloud.available_for(spec), allow_cloud,
-                       self.clock.monotonic())
+                    self.clock.monotonic(), bounded=deadline_s is not None)
 
     # --- routing
 
@@ -220,8 +224,10 @@ class DispatchPolicy:
                deltas: bool = True, stop: list[str] | None = None) -> StreamFlow[GenerateResult]:
         """Yields the text as `StreamChunk`s and returns the whole result.
 
-        The budget covers the wait for a worker to start the generation, a retry included; a started
-        generation runs to its end (a silent worker is given up after `generation_idle_s`). A worker
+        The budget covers the wait for a worker to start the generation, a retry included; with `deadline_s`
+        given, it also bounds the generation itself: the worker cuts it when the budget ends and returns its
+        text so far (`finish_reason` "length"). A silent worker is given up after `generation_idle_s` (a
+        worker running a generation that sends no text tells its caller every `protocol.PROGRESS_S`). A worker
         that dies before any text was yielded costs a retry (then the cloud); after, `WorkerLostError`.
         """
         spec = self.spec(model, "generation")
@@ -329,7 +335,8 @@ class DispatchPolicy:
             job = self._job(call.spec, kind="generate", prompt=call.prompt, max_tokens=call.max_tokens,
                             temperature=call.temperature, stream=call.deltas, stop=call.stop)
             first = yield from self._send(job, node, call)
-            if first is None:
+            if first is None:  # not started in time: it must not start late, nobody would read it
+                yield from Cancel(job, "deadline")
                 return "deadline"
             result = yield from self._relay(call, job, first)
             if result is not None:
@@ -398,6 +405,8 @@ class DispatchPolicy:
         # The job's own deadline lets the worker drop it once the caller has stopped waiting.
         job.deadline_at = self.clock.time() + time_left_s
         job.budget_ms = int(time_left_s * 1000)
+        if job.kind == "generate" and call.bounded:
+            job.run_ms = int(call.budget.left_s() * 1000)
         in_flight = self.router.in_flight
         in_flight[node or ""] += 1  # this process's unanswered jobs count as load when choosing a node
         try:

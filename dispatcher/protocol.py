@@ -20,6 +20,13 @@ from .errors import ErrorCode, JobFailedError, NPUError
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """Upper bounds of the batch-size histogram workers keep in their heartbeat counters (`batch_le_<n>`)."""
 
+PROGRESS_S = 0.5
+"""How often a worker tells the caller of a generation that sends no text that it still runs (a caller's
+idle timer, `NPU_GENERATION_IDLE_S`, must be longer)."""
+CANCEL_REASONS = ("client_gone", "caller_cancelled", "deadline")
+"""Why a job was cancelled: its HTTP client disconnected, its Python caller cancelled or closed it, or its
+budget ended while it ran. Bounded, for metrics labels."""
+
 GROUP = "workers"
 """The one consumer group every worker of a model stream reads in."""
 
@@ -52,6 +59,10 @@ class Keys:
 
     def reply(self, job_id: str) -> str:
         return f"{self.prefix}:reply:{job_id}"
+
+    def cancel(self, worker_id: str) -> str:
+        """Set of ids of jobs a worker runs whose callers left (`<job id> <reason>`), read with its outbox."""
+        return f"{self.prefix}:cancel:{worker_id}"
 
     def dead(self, model: str) -> str:
         """Dead-letter stream of interactive jobs that failed too many deliveries."""
@@ -182,6 +193,9 @@ class Job(BaseModel):
     device among apps by weight. Optional on the wire: a job of an older caller belongs to no app."""
     priority: Literal["normal", "low"] = "normal"
     """"low": served after the app's normal work (its own stream, `app_tag`)."""
+    run_ms: int | None = None
+    """Generation: the caller's whole budget, from the moment it queued the job (measured as `budget_ms`):
+    a generation still running then is cut, its text so far returned with `finish_reason` "length"."""
 
 
 class _Reply(BaseModel):
@@ -215,7 +229,9 @@ class EmbeddingReply(_ServedReply):
 
 
 class StartReply(_ServedReply):
-    """A generation was admitted by a worker (the caller's deadline covered the wait for this)."""
+    """A generation was admitted by a worker (the caller's deadline covered the wait for this). Sent again
+    every `PROGRESS_S` while a generation that streams no text runs, so its caller's idle timer sees it
+    progress (a caller of the previous release reads a repeated start as nothing new)."""
 
     event: Literal["start"] = "start"
 

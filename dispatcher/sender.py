@@ -21,16 +21,18 @@ Fields = dict[Any, Any]
 class Sender:
     def __init__(self, redis_client: aredis.Redis):
         self.redis = redis_client
-        self._queued: list[tuple[str, Fields, asyncio.Future[None]]] = []
+        self._queued: list[tuple[str, Fields, asyncio.Future[str]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def xadd(self, stream: str, fields: Fields) -> None:
+    def xadd(self, stream: str, fields: Fields) -> asyncio.Future[str]:
+        """The entry's id, once the job is on the stream (a caller cancelled meanwhile still learns it,
+        to take the job off again)."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[str] = loop.create_future()
         self._queued.append((stream, fields, done))
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._send())
-        await done
+        return done
 
     async def _send(self) -> None:
         while self._queued:
@@ -48,4 +50,4 @@ class Sender:
                 if isinstance(result, BaseException):
                     done.set_exception(result)
                 else:
-                    done.set_result(None)
+                    done.set_result(result.decode() if isinstance(result, bytes) else str(result))

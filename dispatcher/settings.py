@@ -147,6 +147,8 @@ class CommonSettings(RedisSettings):
                                      "workers register the node (for capability probes).")
     log_level: str = "INFO"
     log_json: bool = Field(False, description="One JSON object per log line (with request ids).")
+    reply_ttl_s: int = Field(60, ge=1, description="How long a reply, and a caller's cancellation of a job a "
+                             "worker holds, are kept for their reader.")
 
     @property
     def models_dir(self) -> Path:
@@ -224,7 +226,6 @@ class WorkerSettings(CommonSettings):
     kv_cache_mb: int | None = Field(None, ge=1, description="KV cache of each generation model, in MB (a model's "
                                     "`kv_cache_mb` in the registry wins). Unset: room for max_generations "
                                     "sequences of the model's max_input_tokens + max_new_tokens, from its shape.")
-    reply_ttl_s: int = Field(60, ge=1)
     max_request_tokens: int = Field(16384, ge=1, description="Tokens in one embedding request, all texts together "
                                     "(after truncation when asked for); the worker answers 413 above.")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -198,11 +199,20 @@ class BulkLane:
         def done(result: Generated | Exception) -> None:
             if isinstance(result, Exception):
                 self._fail(job, queue, execution, result)
+            elif result.finish_reason == "cancelled":  # by its submitter (`cancel_bulk`): RQ's canceled
+                self._cancelled(job, queue)
             else:
                 self._succeed(job, queue, execution, generate_result(engine, result, self.settings.node_id))
 
-        engine.submit(kwargs["prompt"], kwargs.get("max_tokens"), kwargs.get("temperature"), on_done=done)
-        self.in_flight.bulk_generating(job.id)
+        engine.submit(kwargs["prompt"], kwargs.get("max_tokens"), kwargs.get("temperature"), on_done=done,
+                      job_id=job.id)
+        self.in_flight.bulk_generating(job.id, partial(engine.cancel, job.id))
+
+    def _cancelled(self, job: RQJob, queue: Queue) -> None:
+        self.in_flight.bulk_ended(job.id)
+        self.rq.handle_execution_ended(job, queue, job.failure_callback_timeout)
+        if not job.is_canceled:
+            job.cancel()
 
     def _succeed(self, job: RQJob, queue: Queue, execution: Execution, result: dict[str, Any]) -> None:
         """What `rq worker` does after `Job.perform()` returned: success callback, result, registries."""

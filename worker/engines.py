@@ -69,7 +69,14 @@ class GenerationEngine(Protocol):
 
     def submit(self, prompt: Prompt, max_tokens: int | None, temperature: float | None,
                on_done: Callable[[Generated | Exception], None],
-               on_delta: Callable[[str], None] | None = None, stop: list[str] | None = None) -> None: ...
+               on_delta: Callable[[str], None] | None = None, stop: list[str] | None = None,
+               job_id: str | None = None) -> None: ...
+
+    def cancel(self, job_id: str, reason: str) -> bool:
+        """Stop the generation submitted as `job_id` within a step, freeing its KV cache; it still ends in its
+        `on_done`, with its text so far and finish reason "length" (reason "deadline") or "cancelled".
+        False when no such generation runs."""
+        ...
 
     def step(self) -> int: ...
 

@@ -66,6 +66,7 @@ class _Waiting:
     on_delta: Callable[[str], None] | None
     stop: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    job_id: str | None = None
 
 
 @dataclass
@@ -83,6 +84,15 @@ class _Active:
     sent: int = 0
     """Characters of the decoded text already passed to on_delta."""
     stop: list[str] = field(default_factory=list)
+    job_id: str | None = None
+    cut: str | None = None
+    """Why it was stopped before its end (`cancel`): the finish reason it reports."""
+
+
+def cut_reason(reason: str) -> str:
+    """The finish reason of a generation stopped early: "length" when its caller's budget ended (OpenAI's
+    value for text cut short by a limit), "cancelled" when nobody waits for it any more."""
+    return "length" if reason == "deadline" else "cancelled"
 
 
 class ContinuousBatchingEngine:
@@ -153,10 +163,11 @@ class ContinuousBatchingEngine:
 
     def submit(self, prompt: Prompt, max_tokens: int | None, temperature: float | None,
                on_done: Callable[[Generated | Exception], None],
-               on_delta: Callable[[str], None] | None = None, stop: list[str] | None = None) -> None:
+               on_delta: Callable[[str], None] | None = None, stop: list[str] | None = None,
+               job_id: str | None = None) -> None:
         """Start a generation; it advances with each `step()` and ends in `on_done`. `stop`: strings that end
         it, left out of the text (the engine's `stop_strings`; the text is cut here too, as a stop string
-        may straddle tokens the engine already let through)."""
+        may straddle tokens the engine already let through). `job_id`: what `cancel` names it by."""
         ids = self._chat(prompt)
         prompt_tokens = len(ids)
         if prompt_tokens > self.spec.max_input_tokens:
@@ -177,8 +188,26 @@ class ContinuousBatchingEngine:
                 f"the prompt ({prompt_tokens} tokens) and max_tokens ({config.max_new_tokens}) need {need} tokens "
                 f"of KV cache; {self.spec.name} has {self.cache.tokens} on this worker (ask for fewer max_tokens, "
                 "or raise NPU_KV_CACHE_MB)", tokens=need, limit=self.cache.tokens)
-        self.waiting.append(_Waiting(ids, config, prompt_tokens, blocks, on_done, on_delta, list(stop or [])))
+        self.waiting.append(_Waiting(ids, config, prompt_tokens, blocks, on_done, on_delta, list(stop or []),
+                                     job_id=job_id))
         self._admit()
+
+    def cancel(self, job_id: str, reason: str) -> bool:
+        """Stop a generation (`protocol.CANCEL_REASONS`): one still waiting for KV cache ends now; one in the
+        engine is stopped (`GenerationHandle.stop`), and the next `step()` frees its KV cache and ends it
+        with its text so far, finish reason `cut_reason(reason)`. False when no such generation runs."""
+        for waiting in self.waiting:
+            if waiting.job_id == job_id:
+                self.waiting.remove(waiting)
+                waiting.on_done(Generated("", waiting.prompt_tokens, 0, cut_reason(reason), 0.0,
+                                          (time.perf_counter() - waiting.started) * 1000))
+                return True
+        for active in self.active.values():
+            if active.job_id == job_id and active.cut is None:
+                active.cut = cut_reason(reason)
+                active.handle.stop()
+                return True
+        return False
 
     def _admit(self) -> None:
         """Move waiting requests into the engine, in order, while their worst case fits the cache."""
@@ -190,7 +219,7 @@ class ContinuousBatchingEngine:
             self.reserved_blocks += request.blocks
             self.active[request_id] = _Active(handle, request.prompt_tokens, request.config.max_new_tokens,
                                               request.on_done, request.on_delta, request.blocks, request.started,
-                                              stop=request.stop)
+                                              stop=request.stop, job_id=request.job_id)
 
     def warm_up(self) -> None:
         """A full batch once at load (max_sequences prompts, a step of the engine's largest token count): the
@@ -250,14 +279,16 @@ class ContinuousBatchingEngine:
             if status != og.GenerationStatus.RUNNING:
                 del self.active[request_id]
                 self._release(request)
-                if status == og.GenerationStatus.IGNORED:  # the engine found no cache for it: never silent
+                if status == og.GenerationStatus.IGNORED and request.cut is None:  # no cache for it: never silent
                     request.on_done(CacheFullError(f"{self.spec.name}: the engine had no KV cache for this "
                                                    "generation; try again", tokens=request.prompt_tokens))
                     continue
                 text, stopped = _cut(self.tokenizer.decode(request.ids), request.stop)
                 if request.on_delta and len(text) > request.sent:
                     request.on_delta(text[request.sent:])
-                if status != og.GenerationStatus.FINISHED:
+                if request.cut is not None:
+                    reason = request.cut
+                elif status != og.GenerationStatus.FINISHED:
                     reason = status.name.lower()
                 else:
                     reason = "length" if len(request.ids) >= request.max_tokens and not stopped else "stop"

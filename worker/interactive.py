@@ -24,6 +24,7 @@ from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 from dispatcher.errors import ErrorCode, NPUError
 from dispatcher.logs import request_id
 from dispatcher.protocol import (
+    CANCEL_REASONS,
     GROUP,
     DeltaReply,
     DoneReply,
@@ -53,6 +54,8 @@ from .stats import Stats
 log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
 Read = list[tuple[str, list[Entry]]]
+CANCEL_READ = 256
+"""Most cancellations taken from the cancel set in one step."""
 POLL_S = 0.0005
 """Pause between reads while filling a batch: far shorter than the batch window, longer than a round trip."""
 
@@ -269,7 +272,7 @@ class InteractiveLane:
             elif generation is not None:
                 batch = queue.take(sys.maxsize, generation.free_slots) if generation.free_slots else []
                 self.finish(_acks(batch, drop, model, self.plan.models),
-                            [self._admit(generation, held.job) for held in batch])
+                            [self._admit(generation, held.job, held.entry_id) for held in batch])
             else:  # unloaded since read: left pending, taken over or read again
                 queue.clear()
         for stream, ids in drop.items():  # models no longer served
@@ -302,14 +305,19 @@ class InteractiveLane:
                 self.stats.add(f"app:{job.app or '-'}:work", len(result.token_counts))
         return replies
 
-    def _admit(self, engine: GenerationEngine, job: Job) -> tuple[Job, Reply]:
-        """Start a generation in the engine; its tokens and end arrive through the outbox."""
+    def _admit(self, engine: GenerationEngine, job: Job, entry_id: bytes) -> tuple[Job, Reply]:
+        """Start a generation in the engine; its tokens and end arrive through the outbox. A caller's whole
+        budget (`run_ms`, from the entry's id on Redis's clock) becomes a local monotonic deadline."""
         started = time.time()
         try:
             engine.check(job.prompt or "")
             engine.submit(job.prompt or "", job.max_tokens, job.temperature, stop=job.stop,
                           on_done=partial(self._generated, engine, job, started),
-                          on_delta=partial(self._delta, job) if job.stream else None)
+                          on_delta=partial(self._delta, job) if job.stream else None, job_id=job.id)
+            now = time.monotonic()
+            ends_at = (None if job.run_ms is None
+                       else now + (entry_ms(entry_id) + job.run_ms - self.clock.now_ms()) / 1000)
+            self.in_flight.generating(job, partial(engine.cancel, job.id), ends_at, now)
         except NPUError as exc:
             return job, error_reply(exc)
         except Exception as exc:
@@ -326,7 +334,8 @@ class InteractiveLane:
         if isinstance(result, Exception):
             reply = failure_reply(result)
         else:
-            self.stats.add("jobs")
+            if result.finish_reason != "cancelled":
+                self.stats.add("jobs")
             self.stats.count_model(engine.spec.name, 1, result.completion_tokens, result.duration_ms / 1000)
             self.stats.add(f"app:{job.app or '-'}:work", result.completion_tokens)
             reply = DoneReply(**self._base(engine, job, started), text=result.text,
@@ -336,13 +345,30 @@ class InteractiveLane:
         self.in_flight.reply(job, reply)
 
     def flush(self) -> None:
-        """Push the generations' messages of this step in one round trip."""
-        replies = self.in_flight.take_replies()
-        if not replies:
+        """Push the generations' messages of this step in one round trip, and in the same round trip take
+        this worker's cancel set (callers who left): those generations stop at the next step. A generation
+        whose caller's budget ended is stopped here without asking Redis."""
+        now = time.monotonic()
+        for job_id in self.in_flight.overdue(now):
+            self.cancel(job_id, "deadline")
+        replies = self.in_flight.take_replies(now)
+        watch = self.in_flight.has_generations
+        if not replies and not watch:
             return
         pipe = self.redis.pipeline(transaction=False)
         self._push(pipe, replies)
-        pipe.execute()
+        if watch:
+            pipe.spop(self.keys.cancel(self.worker_id), CANCEL_READ)
+        got = pipe.execute()
+        for member in (got[-1] or []) if watch else []:
+            job_id, _, reason = member.decode().partition(" ")
+            self.cancel(job_id, reason if reason in CANCEL_REASONS else "caller_cancelled")
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        """Stop a generation of either lane running here, counted (`cancelled_<reason>`) and logged."""
+        if self.in_flight.cancel(job_id, reason):
+            self.stats.add(f"cancelled_{reason}")
+            log.info("cancelled generation %s (%s)", job_id, reason)
 
     def _push(self, pipe: Any, replies: list[tuple[Job, Reply]]) -> None:
         """Each reply stamped with its job's id, and one RPUSH per reply key: the replies of a whole batch

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,8 +27,10 @@ from dispatcher.results import EmbedResult, GenerateResult, StreamChunk
 from .. import metrics
 from ..auth import RESPONSES, AuthenticatedRoute, require_inference, require_models
 from ..deps import AsyncDispatcherDep
+from ..disconnect import ClientGone, gone, while_connected
 from ..responses import ORJSONResponse
 from ..schemas import Deadline, JsonInt, OpenAIErrorResponse, Stop
+from .inference import stream_result
 
 # The openai client sends `Authorization: Bearer <api_key>`: an app key (NPU_API_KEYS), or an admin token.
 router = APIRouter(route_class=AuthenticatedRoute, prefix="/v1", tags=["openai"], responses=RESPONSES)
@@ -108,11 +110,14 @@ class ChatRequest(BaseModel):
 
 
 @router.post("/embeddings", dependencies=[Depends(require_inference)], responses=ERRORS)
-async def embeddings(body: OpenAIEmbeddingsRequest, dispatcher: AsyncDispatcherDep) -> Any:
+async def embeddings(body: OpenAIEmbeddingsRequest, request: Request, dispatcher: AsyncDispatcherDep) -> Any:
     tier(body.service_tier)
     texts = [body.input] if isinstance(body.input, str) else body.input
     started = time.perf_counter()
-    result = await dispatcher.embed(texts, body.model, deadline_s=body.deadline_s)
+    try:
+        result = await while_connected(request, lambda: dispatcher.embed(texts, body.model, deadline_s=body.deadline_s))
+    except ClientGone:
+        return gone()
     metrics.observe("/v1/embeddings", result, time.perf_counter() - started)
     return ORJSONResponse(embedding_body(body, result), headers={"X-NPU-Source": result.source})
 
@@ -135,19 +140,21 @@ def embedding_body(body: OpenAIEmbeddingsRequest, result: EmbedResult) -> dict[s
 
 @router.post("/chat/completions", dependencies=[Depends(require_inference)], responses={
     **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or events when `stream` is true"}})
-async def chat_completions(body: ChatRequest, dispatcher: AsyncDispatcherDep) -> Any:
+async def chat_completions(body: ChatRequest, request: Request, dispatcher: AsyncDispatcherDep) -> Any:
     tier(body.service_tier)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     started = time.perf_counter()
     chunks = dispatcher.stream(messages, body.model, max_tokens=max_tokens(body), temperature=body.temperature,
                                deadline_s=body.deadline_s, deltas=body.stream, stop=body.stops())
-    first = await anext(chunks)  # awaited here: a refused request is a plain JSON error with its status
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    try:
+        if not body.stream:
+            result = await while_connected(request, lambda: stream_result(chunks))
+        else:  # the first chunk awaited here: a refused request is a plain JSON error with its status
+            first = await while_connected(request, lambda: anext(chunks))
+    except ClientGone:
+        return gone()
     if not body.stream:
-        while not first.done:
-            first = await anext(chunks)
-        result = first.result
-        assert result is not None
         metrics.observe("/v1/chat/completions", result, time.perf_counter() - started)
         return ORJSONResponse(chat_body(result, completion_id, created), headers={"X-NPU-Source": result.source})
     model = body.model or dispatcher.registry.default("generation")  # an empty name means the default model

@@ -13,6 +13,7 @@ import redis
 from rq.job import Job as RQJob
 
 from dispatcher.effects import (
+    Cancel,
     Effect,
     Enqueue,
     Http,
@@ -155,6 +156,25 @@ def test_a_generation_retry_gets_what_is_left_of_the_budget_not_a_new_one() -> N
     assert isinstance(flow.send(None), Receive)
     result = result_of(flow, DoneReply(text="Hello", worker_id="w2"))
     assert isinstance(result, GenerateResult) and result.text == "Hello" and result.source == "npu"
+
+
+def test_a_given_deadline_bounds_the_generation_and_a_late_start_is_cancelled() -> None:
+    """`deadline_s` given: the job carries the whole budget (`run_ms`) for the worker to cut the generation
+    at; a generation not started within the budget is cancelled, so no worker starts it late."""
+    clock = FakeClock()
+    p = policy(clock, deadline_s=30)
+    flow = p.stream("hi", LLM, deadline_s=2)
+    assert isinstance(flow.send(None), ReadFleet)
+    send = flow.send(live())
+    assert isinstance(send, Send) and unpack(pack(send.job)).get("run_ms") == 2000
+    clock.advance(2)
+    assert flow.send(None) == Cancel(send.job, "deadline")
+    with pytest.raises(NPUUnavailableError):
+        flow.send(None)
+    default = p.stream("hi", LLM)  # the setting's default bounds only the wait for a start
+    effect = default.send(None)
+    effect = default.send(live()) if isinstance(effect, ReadFleet) else effect
+    assert isinstance(effect, Send) and effect.job.run_ms is None
 
 
 def test_a_generation_whose_worker_died_twice_goes_to_the_cloud() -> None:

@@ -119,3 +119,26 @@ def test_embedding_inferences_stay_within_the_padded_token_budget() -> None:
         for size in sizes:
             assert size * max(min(n, 256) for n in counts[row:row + size]) <= PADDED_TOKENS
             row += size
+
+
+def test_a_cancelled_generation_ends_within_a_step_and_frees_its_cache(tiny: ContinuousBatchingEngine) -> None:
+    """`cancel`: one in the engine ends at the next step with its text so far, its reserved cache given back
+    and the waiting one admitted in its place; one still waiting ends at once."""
+    prompt = "Write a long story about the sea."
+    max_tokens = tiny.cache.tokens - tiny.check(prompt)
+    done: dict[str, Generated | Exception] = {}
+    for job in ("running", "waiting", "next"):
+        tiny.submit(prompt, max_tokens, None, on_done=lambda r, job=job: done.__setitem__(job, r), job_id=job)
+    for _ in range(3):
+        tiny.step()
+    assert tiny.cancel("waiting", "client_gone") and tiny.cancel("running", "deadline")
+    waiting = done["waiting"]
+    assert isinstance(waiting, Generated) and waiting.finish_reason == "cancelled" and waiting.completion_tokens == 0
+    tiny.step()
+    cut = done["running"]
+    assert isinstance(cut, Generated) and cut.finish_reason == "length" and 3 <= cut.completion_tokens <= 5
+    assert [r.job_id for r in tiny.active.values()] == ["next"]  # the freed cache admitted the next one
+    assert not tiny.cancel("running", "client_gone")  # ended: nothing to cancel
+    assert tiny.cancel("next", "client_gone")
+    tiny.step()
+    assert not tiny.running and tiny.reserved_blocks == 0 and done["next"].finish_reason == "cancelled"  # type: ignore[union-attr]
