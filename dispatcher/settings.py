@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     generation_idle_s: float = Field(60.0, gt=0, description="Longest silence of a started generation "
                                      "before the caller gives up on it.")
     max_generations: int = Field(8, ge=1, description="Generations a worker runs at once (continuous batching).")
+    generation_engine: str | None = Field(None, description="Engine of every generation model, whatever its device "
+                                          "or registry entry (`serial`: one at a time, as on an NPU; `continuous`). "
+                                          "Unset: the registry's `engine`, else by device (worker/engines.py).")
+    embed_engine: str | None = Field(None, description="The same for embedding models (`static`: fixed shapes, as "
+                                     "on an NPU; `text-embedding`).")
     kv_cache_mb: int | None = Field(None, ge=1, description="KV cache of each generation model, in MB (a model's "
                                     "`kv_cache_mb` in the registry wins). Unset: room for max_generations "
                                     "sequences of the model's max_input_tokens + max_new_tokens, from its shape.")
