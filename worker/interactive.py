@@ -237,7 +237,7 @@ class InteractiveLane:
             engine.check(job.prompt or "")
             engine.submit(job.prompt or "", job.max_tokens, job.temperature, stop=job.stop,
                           on_done=partial(self._generated, engine, job, started),
-                          on_delta=partial(self._delta, job) if job.stream else None)
+                          on_delta=partial(self._delta, job) if job.stream else None, deadline=job.deadline_at)
         except NPUError as exc:
             return job, error_reply(exc)
         except Exception as exc:
