@@ -66,9 +66,17 @@ class StaticEmbeddingEngine(TextEmbeddingEngine):
             self.embed(["word " * max(1, length - 2)])
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        """Shortest texts first, so that each inference's longest (its bucket) is as short as it can be."""
         ids, mask = self._rows(texts)
-        parts = [self._run(ids[i:i + self.batch], mask[i:i + self.batch]) for i in range(0, len(texts), self.batch)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        order = np.argsort(mask.sum(axis=1), kind="stable")
+        ids, mask = ids[order], mask[order]
+        vectors = np.empty((len(texts), 0), np.float32)
+        for i in range(0, len(texts), self.batch):
+            part = self._run(ids[i:i + self.batch], mask[i:i + self.batch])
+            if not i:
+                vectors = np.empty((len(texts), part.shape[1]), np.float32)
+            vectors[order[i:i + self.batch]] = part
+        return vectors
 
     def _rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The texts' token ids and masks (from the last count when it had them), cut as the pipeline cuts
