@@ -220,6 +220,10 @@ class ContinuousBatchingEngine:
         """Generations this engine owes an answer: in the engine, or waiting for KV cache."""
         return len(self.active) + len(self.waiting)
 
+    def _chat(self, prompt: Prompt) -> list[int]:
+        """Token ids, not the template's text: contents must stay plain text (worker/chat.py)."""
+        return self.chat.encode(as_messages(prompt))
+
     def check(self, prompt: Prompt) -> int:
         """Prompt tokens (chat template included); refuses a prompt longer than the model takes."""
         return len(prompt_ids(self.chat, self.spec, prompt))
@@ -262,8 +266,7 @@ class ContinuousBatchingEngine:
             return
         self.warmed = True
         words = MAX_STEP_TOKENS // self.max_sequences
-        # a tiny cache takes shorter prompts
-        excess = len(self.chat.encode(as_messages("word " * words))) + 2 - self.cache.tokens
+        excess = len(self._chat("word " * words)) + 2 - self.cache.tokens  # a tiny cache takes shorter prompts
         words -= max(0, excess)
         if words < 1:
             log.warning("%s: no warm-up, its KV cache (%d tokens) is too small", self.spec.name, self.cache.tokens)
