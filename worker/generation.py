@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 import openvino as ov
@@ -51,6 +51,17 @@ class Generated:
     finish_reason: str
     ttft_ms: float
     duration_ms: float
+
+
+class _Expiring(Protocol):
+    @property
+    def deadline(self) -> float | None: ...
+
+    @property
+    def on_done(self) -> Callable[[Generated | Exception], None]: ...
+
+
+W = TypeVar("W", bound=_Expiring)
 
 
 @dataclass
@@ -165,6 +176,14 @@ def expired(deadline: float | None, on_done: Callable[[Generated | Exception], N
         return False
     on_done(NPUUnavailableError(f"{name}: the generation waited for the engine past its caller's deadline"))
     return True
+
+
+def expire_waiting(waiting: deque[W], name: str) -> None:
+    """End every waiting generation whose caller's deadline passed (each step: not only when one would start)."""
+    if any(w.deadline is not None for w in waiting):
+        kept = [w for w in waiting if not expired(w.deadline, w.on_done, name)]
+        waiting.clear()
+        waiting.extend(kept)
 
 
 class ContinuousBatchingEngine:
@@ -288,6 +307,7 @@ class ContinuousBatchingEngine:
 
     def step(self) -> int:
         """Advance every active generation by one token; returns how many are still running or waiting."""
+        expire_waiting(self.waiting, self.spec.name)
         self._admit()
         if not self.active:
             return len(self.waiting)

@@ -30,7 +30,7 @@ from dispatcher.settings import Settings
 from . import kvcache
 from .chat import ChatEncoder
 from .devices import first_that_compiles
-from .generation import Generated, Stream, expired, generation_config, prompt_ids, refuse_beyond_cache
+from .generation import Generated, Stream, expire_waiting, expired, generation_config, prompt_ids, refuse_beyond_cache
 from .pipelines import plugin_config, require_model_dir
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ class SerialEngine:
     def step(self) -> int:
         """Take the running generation's new tokens (waiting up to `WAIT_S` for one); start the next when it
         ended. Returns how many are still running or waiting."""
+        expire_waiting(self.waiting, self.spec.name)
         job = self.current
         if job is None:
             self._start_next()
