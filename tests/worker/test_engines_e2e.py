@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -95,25 +96,18 @@ def test_a_caller_waiting_behind_a_generation_gets_its_deadline(served: tuple[st
     """While one long generation runs, a second caller with a 1 s budget: the serial engine cannot start it, and
     the caller hears so at its deadline, not when the first ends; continuous batching starts it at once."""
     engines, s = served
-
-    async def two() -> tuple[object, object, float]:
-        d = AsyncDispatcher(s)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(Dispatcher(s).generate, "Write a long story about the sea.", GENERATION, max_tokens=90,
+                            allow_cloud=False, deadline_s=30)
+        time.sleep(1)
+        started = time.monotonic()
         try:
-            first = asyncio.create_task(d.generate("Write a long story about the sea.", GENERATION, max_tokens=90,
-                                                   allow_cloud=False, deadline_s=30))
-            await asyncio.sleep(0.5)
-            started = time.monotonic()
-            try:
-                second: object = await d.generate("Say hi.", GENERATION, max_tokens=4, allow_cloud=False,
-                                                  deadline_s=1)
-            except NPUError as exc:
-                second = exc
-            return await first, second, time.monotonic() - started
-        finally:
-            await d.aclose()
-
-    first, second, waited = asyncio.run(two())
-    assert getattr(first, "text", None)
+            second: object = Dispatcher(s).generate("Say hi.", GENERATION, max_tokens=4, allow_cloud=False,
+                                                    deadline_s=1)
+        except NPUError as exc:
+            second = exc
+        waited = time.monotonic() - started
+        assert first.result().text
     if engines == "npu-shaped":
         assert isinstance(second, NPUError) and second.code == "unavailable", second
         assert waited < 3
