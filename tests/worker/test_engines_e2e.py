@@ -1,13 +1,14 @@
 """The lanes' essentials, run once with the default engines and once with the NPU-shaped ones forced on CPU
 (NPU_GENERATION_ENGINE=serial, NPU_EMBED_ENGINE=static): a caller sees the same behaviour from both.
 
-A real worker process per engine set (both bundled models, a 4 MB KV cache: 128 tokens per sequence for
-four, so refusal needs no long prompt), the real dispatcher and Redis.
+A real worker process per engine set (both bundled models, an 8 MB KV cache: about 600 tokens, so refusal
+needs no long prompt), the real dispatcher and Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ ENGINES = {"default": {}, "npu-shaped": {"NPU_GENERATION_ENGINE": "serial", "NPU
 def served(request: pytest.FixtureRequest, settings: Settings, redis_url: str) -> Iterator[tuple[str, Settings]]:
     prefix = f"{settings.key_prefix}e{uuid.uuid4().hex[:6]}"
     s = settings.model_copy(update={"key_prefix": prefix, "node_id": f"{prefix}-node"})
-    proc = WorkerProcess(s, [EMBEDDING, GENERATION], NPU_KV_CACHE_MB="4", **ENGINES[request.param])
+    proc = WorkerProcess(s, [EMBEDDING, GENERATION], NPU_KV_CACHE_MB="8", **ENGINES[request.param])
     try:
         proc.wait_live()
         yield request.param, s
@@ -88,28 +89,38 @@ def test_four_concurrent_generations_all_answer(served: tuple[str, Settings]) ->
 def test_a_generation_that_never_fits_the_cache_is_refused(served: tuple[str, Settings]) -> None:
     _, s = served
     with pytest.raises(NPUError) as refused:
-        Dispatcher(s).generate("Tell me a story.", GENERATION, max_tokens=500, allow_cloud=False, deadline_s=20)
+        Dispatcher(s).generate("Tell me a story.", GENERATION, max_tokens=1000, allow_cloud=False, deadline_s=20)
     assert refused.value.status == 429 and refused.value.code == "kv_cache_full"
 
 
 def test_a_caller_waiting_behind_a_generation_gets_its_deadline(served: tuple[str, Settings]) -> None:
-    """While one long generation runs, a second caller with a 1 s budget: the serial engine cannot start it, and
+    """While one long generation runs, a second caller with a 0.3 s budget: the serial engine cannot start it, and
     the caller hears so at its deadline, not when the first ends; continuous batching starts it at once."""
     engines, s = served
+    running = threading.Event()
+
+    def first() -> str:
+        chunks = Dispatcher(s).stream("Count from 1 to 300, separated by commas.", GENERATION, max_tokens=200,
+                                      temperature=0, allow_cloud=False, deadline_s=30)
+        text = ""
+        for chunk in chunks:
+            running.set()
+            text += chunk.delta
+        return text
+
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(Dispatcher(s).generate, "Write a long story about the sea.", GENERATION, max_tokens=90,
-                            allow_cloud=False, deadline_s=30)
-        time.sleep(1)
+        long = pool.submit(first)
+        assert running.wait(30)
         started = time.monotonic()
         try:
             second: object = Dispatcher(s).generate("Say hi.", GENERATION, max_tokens=4, allow_cloud=False,
-                                                    deadline_s=1)
+                                                    deadline_s=0.3)
         except NPUError as exc:
             second = exc
         waited = time.monotonic() - started
-        assert first.result().text
+        assert long.result()
     if engines == "npu-shaped":
         assert isinstance(second, NPUError) and second.code == "unavailable", second
-        assert waited < 3
+        assert waited < 1.5
     else:
         assert getattr(second, "text", None), second
