@@ -10,7 +10,7 @@ import sys
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -35,6 +35,18 @@ class ModelSpec(BaseModel):
     cloud_model: str | None = None
     kv_cache_mb: int | None = Field(None, ge=1)
     """Generation models: KV cache size; unset: NPU_KV_CACHE_MB, else computed (worker.kvcache)."""
+    engine: str | None = None
+    """An engine of worker/engines.py's table for this model on any device; unset: chosen by device."""
+    static_batch: int | None = Field(None, ge=1)
+    """Embedding models: texts per inference of the fixed-shape engine (asks for it on NPU)."""
+    length_buckets: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    """Embedding models: sequence lengths the fixed-shape engine compiles (max_input_tokens is always one)."""
+    npu_generate_hint: Literal["FAST_COMPILE", "BEST_PERF"] = "FAST_COMPILE"
+    """Generation models on NPU: GENERATE_HINT of GenAI's NPU pipeline."""
+    npu_prefill_hint: Literal["DYNAMIC", "STATIC"] | None = None
+    """Generation models on NPU: PREFILL_HINT; unset: the plugin's default."""
+    npu_properties: dict[str, str | int | bool] = Field(default_factory=dict)
+    """Generation models on NPU: further properties passed as they are (e.g. NPUW_LLM_* of GenAI's NPU guide)."""
 
 
 class Registry:

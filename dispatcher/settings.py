@@ -223,6 +223,11 @@ class WorkerSettings(CommonSettings):
                                 "or RQ's failed registry. 2: a job is retried once.")
     dead_letter_max: int = Field(10000, ge=1, description="Entries kept per dead-letter stream (oldest trimmed).")
     max_generations: int = Field(8, ge=1, description="Generations a worker runs at once (continuous batching).")
+    generation_engine: str | None = Field(None, description="Engine of every generation model, whatever its device "
+                                          "or registry entry (`serial`: one at a time, as on an NPU; `continuous`). "
+                                          "Unset: the registry's `engine`, else by device (worker/engines.py).")
+    embed_engine: str | None = Field(None, description="The same for embedding models (`static`: fixed shapes, as "
+                                     "on an NPU; `text-embedding`).")
     kv_cache_mb: int | None = Field(None, ge=1, description="KV cache of each generation model, in MB (a model's "
                                     "`kv_cache_mb` in the registry wins). Unset: room for max_generations "
                                     "sequences of the model's max_input_tokens + max_new_tokens, from its shape.")

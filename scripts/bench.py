@@ -6,6 +6,10 @@ of medians and the ratios the speed targets are stated in, plus a JSON file. Not
 nothing, it reports.
 
     .venv/bin/python -m scripts.bench [--rounds 5] [--quick] [--json bench-results.json]
+        [--engines default|npu-shaped|both]
+
+`--engines npu-shaped` measures the engines an NPU runs, forced on this machine's CPU (fixed-shape
+embeddings, one generation at a time): P1, P4 and P5 rows, beside the default engines' with `both`.
 """
 
 from __future__ import annotations
@@ -52,10 +56,14 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def bench_stack(redis_url: str | None, workdir: Path) -> Stack:
+NPU_SHAPED = {"NPU_GENERATION_ENGINE": "serial", "NPU_EMBED_ENGINE": "static"}
+"""The engines an NPU gets, forced on any device (worker/engines.py)."""
+
+
+def bench_stack(redis_url: str | None, workdir: Path, engines: dict[str, str] | None = None) -> Stack:
     """Redis + one worker + the facade, as `npu-worker up` would run them, under a bench key prefix."""
     env = {**os.environ, "NPU_NODE_ID": "bench", "NPU_LOG_LEVEL": "WARNING", "NPU_ADMIN_TOKENS": json.dumps([TOKEN]),
-           "NPU_DEADLINE_S": "120"}
+           "NPU_DEADLINE_S": "120", **(engines or {})}
     stack = Stack(workdir, "bench", env, redis_url=redis_url, token=TOKEN)
     stack.start("work")
     stack.start("serve", "--port", str(stack.port))
@@ -394,6 +402,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument("--skip", action="append", default=[],
                         help="skip a section: http, infinity, generation, bulk")
+    parser.add_argument("--engines", choices=["default", "npu-shaped", "both"], default="default",
+                        help="the worker's engines: the default ones, the NPU's forced on CPU, or both")
     return parser.parse_args()
 
 
@@ -493,8 +503,35 @@ def generation(stack: Stack, rounds: int, quick: bool, report: Report) -> None:
                ok=lambda v: v <= 10)
 
 
+def npu_shaped(args: argparse.Namespace, sentences: list[str], rounds: int, workdir: Path, report: Report) -> None:
+    """P1 (32 callers), P4 and P5 through a stack whose worker runs the NPU's engines on CPU, against the same
+    raw references as the default engines' rows."""
+    print("NPU-shaped engines on CPU (fixed-shape embeddings, serial generation)", flush=True)
+    raw32 = raw_batch(raw_embedder(Settings()), sentences, rounds, 32)
+    stack = bench_stack(args.redis_url, workdir, NPU_SHAPED)
+    try:
+        report.add("npu-shaped: P1 dispatcher, 32 concurrent single-text callers",
+                   dispatcher_concurrent(stack, sentences, 32, rounds), "sentences/s", raw32)
+        report.add("npu-shaped: P4 facade, one request of 32 texts", facade_batch32(stack, sentences, rounds),
+                   "sentences/s", raw32)
+        if "generation" not in args.skip:
+            max_tokens = 64 if args.quick else 128
+            raw = raw_generation(Settings(), max_tokens, rounds)
+            one = facade_generation(stack, max_tokens, rounds)
+            four = facade_generation(stack, max_tokens, rounds, concurrent=4)
+            report.add("npu-shaped: P5 facade, one generation", one["tokens_per_s"], "tokens/s",
+                       raw["tokens_per_s"])
+            report.add("npu-shaped: P5 facade, 4 concurrent generations (aggregate)", four["tokens_per_s"],
+                       "tokens/s", one["tokens_per_s"])
+    finally:
+        stack.stop()
+
+
 def main() -> None:
     args = parse_args()
+    if args.engines == "npu-shaped":
+        npu_shaped_only(args)
+        return
     rounds = 3 if args.quick else args.rounds
     sentences = [line.strip() for line in args.corpus.read_text().splitlines() if line.strip()]
     report = Report()
@@ -524,12 +561,31 @@ def main() -> None:
             generation(stack, rounds, args.quick, report)
     finally:
         stack.stop()
+    try:
+        if args.engines == "both":
+            npu_shaped(args, sentences, rounds, workdir, report)
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    write(args, rounds, report)
 
+
+def npu_shaped_only(args: argparse.Namespace) -> None:
+    rounds = 3 if args.quick else args.rounds
+    sentences = [line.strip() for line in args.corpus.read_text().splitlines() if line.strip()]
+    report = Report()
+    workdir = Path(tempfile.mkdtemp(prefix="npu-bench-"))
+    try:
+        npu_shaped(args, sentences, rounds, workdir, report)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    write(args, rounds, report)
+
+
+def write(args: argparse.Namespace, rounds: int, report: Report) -> None:
     print()
     print(report.table())
     args.json.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(),
-                                     "rounds": rounds, "rows": report.rows}, indent=2))
+                                     "rounds": rounds, "engines": args.engines, "rows": report.rows}, indent=2))
     print(f"\nwritten {args.json}")
 
 

@@ -2,8 +2,11 @@
 
 A lane never asks which class an engine is: it reads the task (`engine.task`), and each task has one
 interface (`EmbeddingEngine`, `GenerationEngine`). Another engine for a task (one per device kind, say)
-is one class and one entry in `ENGINES`; a model picks it by name (`build(..., name=...)`), else it gets
-its task's default. arq's `Function` registry is the model: a name, and what to run for it.
+is one class and one entry in `ENGINES`. Which one a model gets: the name given to `build`, else the
+environment's (NPU_GENERATION_ENGINE, NPU_EMBED_ENGINE: a test or bench run forcing one everywhere), else the
+registry entry's `engine`, else by device: the chain is tried device by device, each with the engine
+`DEVICE_ENGINE` gives its kind of device (the NPU cannot run continuous batching: GenAI's pipeline asserts
+CPU or GPU) or the task's default. arq's `Function` registry is the model: a name, and what to run for it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from .devices import parse_chain
 from .generation import ContinuousBatchingEngine, Generated
 from .inference import PADDED_TOKENS
 from .pipelines import TextEmbeddingEngine
+from .serial import SerialEngine
+from .static import StaticEmbeddingEngine
 
 Task = Literal["embedding", "generation"]
 
@@ -70,7 +75,8 @@ class GenerationEngine(Protocol):
     def submit(self, prompt: Prompt, max_tokens: int | None, temperature: float | None,
                on_done: Callable[[Generated | Exception], None],
                on_delta: Callable[[str], None] | None = None, stop: list[str] | None = None,
-               job_id: str | None = None) -> None: ...
+               job_id: str | None = None, deadline: float | None = None) -> None:
+        """`deadline` (wall clock): a generation still waiting for the engine then ends unrun."""
 
     def cancel(self, job_id: str, reason: str) -> bool:
         """Stop the generation submitted as `job_id` within a step, freeing its KV cache; it still ends in its
@@ -102,26 +108,77 @@ def _text_embedding(spec: ModelSpec, s: WorkerSettings) -> Engine:
                                PADDED_TOKENS)
 
 
+def _static_embedding(spec: ModelSpec, s: WorkerSettings) -> Engine:
+    return StaticEmbeddingEngine(spec, parse_chain(s.devices), s.inference_threads)
+
+
 def _continuous_batching(spec: ModelSpec, s: WorkerSettings) -> Engine:
     return ContinuousBatchingEngine(spec, parse_chain(s.devices), s.max_generations, s.inference_threads,
                                     default_max_tokens(s), s.max_new_tokens, s.kv_cache_mb)
 
 
+def _serial(spec: ModelSpec, s: WorkerSettings) -> Engine:
+    return SerialEngine(spec, parse_chain(s.devices), s.inference_threads, default_max_tokens(s), s.max_new_tokens,
+                        s.kv_cache_mb)
+
+
 ENGINES: dict[tuple[str, str], Build] = {
     ("embedding", "text-embedding"): _text_embedding,
-    ("generation", "continuous-batching"): _continuous_batching,
+    ("embedding", "static"): _static_embedding,
+    ("generation", "continuous"): _continuous_batching,
+    ("generation", "serial"): _serial,
 }
 """(task, engine name) -> how to build the engine (compiled, not yet warmed up)."""
-DEFAULT_ENGINE: dict[str, str] = {"embedding": "text-embedding", "generation": "continuous-batching"}
-"""The engine a model of each task gets unless it names one."""
+DEFAULT_ENGINE: dict[str, str] = {"embedding": "text-embedding", "generation": "continuous"}
+"""The engine a model of each task gets unless it, its device or the environment names one."""
+DEVICE_ENGINE: dict[tuple[str, str], Callable[[ModelSpec], str]] = {
+    ("generation", "NPU"): lambda spec: "serial",
+    ("embedding", "NPU"): lambda spec: "static" if spec.static_batch else DEFAULT_ENGINE["embedding"],
+}
+"""(task, kind of device) -> the engine a model gets there (else its task's default). On NPU an embedding
+model takes fixed shapes when its registry entry asks (`static_batch`), else GenAI's own NPU path."""
 
 
-def build(spec: ModelSpec, settings: WorkerSettings, name: str | None = None) -> Engine:
-    """The engine for `spec`'s task (`name`, or the task's default), compiled on the first device of the
-    chain that takes it."""
-    name = name or DEFAULT_ENGINE.get(spec.task, "")
+def forced(spec: ModelSpec, settings: WorkerSettings) -> str | None:
+    """The engine chosen whatever the device: the environment's for the task, else the registry entry's."""
+    override = settings.generation_engine if spec.task == "generation" else settings.embed_engine
+    return override or spec.engine
+
+
+def by_device(spec: ModelSpec, chain: list[str]) -> list[tuple[str, list[str]]]:
+    """The chain cut into runs of devices that get the same engine, in order."""
+    runs: list[tuple[str, list[str]]] = []
+    for device in chain:
+        choose = DEVICE_ENGINE.get((spec.task, device.split(".")[0].split(":")[0]))
+        name = choose(spec) if choose else DEFAULT_ENGINE.get(spec.task, "")
+        if runs and runs[-1][0] == name:
+            runs[-1][1].append(device)
+        else:
+            runs.append((name, [device]))
+    return runs
+
+
+def _lookup(spec: ModelSpec, name: str) -> Build:
     found = ENGINES.get((spec.task, name))
     if found is None:
         known = ", ".join(f"{t}/{n}" for t, n in ENGINES)
         raise ValueError(f"{spec.name}: no engine {name!r} for task {spec.task!r}; known: {known}")
-    return found(spec, settings)
+    return found
+
+
+def build(spec: ModelSpec, settings: WorkerSettings, name: str | None = None) -> Engine:
+    """The engine for `spec` (`name`, else `forced`, else by device), compiled on the first device of the
+    chain that takes it."""
+    name = name or forced(spec, settings)
+    if name:
+        return _lookup(spec, name)(spec, settings)
+    runs = by_device(spec, parse_chain(settings.devices))
+    for engine, _ in runs:
+        _lookup(spec, engine)
+    errors = []
+    for engine, devices in runs:
+        try:
+            return _lookup(spec, engine)(spec, settings.model_copy(update={"devices": ",".join(devices)}))
+        except RuntimeError as exc:  # no device of the run took it (worker.devices): the next run's turn
+            errors.append(str(exc))
+    raise RuntimeError("; ".join(errors))

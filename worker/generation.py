@@ -19,16 +19,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 import openvino as ov
 import openvino_genai as og
 
-from dispatcher.errors import CacheFullError, ErrorCode, InvalidInputError
+from dispatcher.errors import CacheFullError, ErrorCode, InvalidInputError, NPUUnavailableError
 from dispatcher.models import ModelSpec
 from dispatcher.protocol import KVCache, Prompt, as_messages
-from dispatcher.settings import CommonSettings
+from dispatcher.settings import Settings
 
 from . import kvcache
 from .chat import ChatEncoder
@@ -53,6 +53,17 @@ class Generated:
     duration_ms: float
 
 
+class _Expiring(Protocol):
+    @property
+    def deadline(self) -> float | None: ...
+
+    @property
+    def on_done(self) -> Callable[[Generated | Exception], None]: ...
+
+
+W = TypeVar("W", bound=_Expiring)
+
+
 @dataclass
 class _Waiting:
     """A request admitted by the worker whose KV cache is not free yet."""
@@ -66,27 +77,65 @@ class _Waiting:
     on_delta: Callable[[str], None] | None
     stop: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None
     job_id: str | None = None
 
 
-@dataclass
-class _Active:
-    handle: og.GenerationHandle
+@dataclass(kw_only=True)
+class Stream:
+    """One generation's output as it arrives, for either engine: its tokens, the text already streamed, and
+    the `Generated` it ends in."""
+
     prompt_tokens: int
     max_tokens: int
     on_done: Callable[[Generated | Exception], None]
     on_delta: Callable[[str], None] | None
-    blocks: int = 0
-    """KV-cache blocks reserved for its worst case (prompt + max_tokens)."""
+    stop: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     ids: list[int] = field(default_factory=list)
     sent: int = 0
     """Characters of the decoded text already passed to on_delta."""
-    stop: list[str] = field(default_factory=list)
     job_id: str | None = None
     cut: str | None = None
     """Why it was stopped before its end (`cancel`): the finish reason it reports."""
+
+    def add(self, ids: list[int], now: float) -> None:
+        self.ids.extend(ids)
+        if self.first_token is None and self.ids:
+            self.first_token = now
+
+    def emit(self, tokenizer: og.Tokenizer) -> None:
+        """Stream the new text, holding back what may be the start of a stop string (and never sending one)."""
+        if not self.on_delta:
+            return
+        text = tokenizer.decode(self.ids)
+        if self.stop:
+            text = _cut(text, self.stop)[0]
+            text = text[:len(text) - max((_partial(text, s) for s in self.stop), default=0)]
+        # A multi-byte character split across tokens decodes to U+FFFD until its last token arrives.
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent:
+            self.on_delta(text[self.sent:])
+            self.sent = len(text)
+
+    def result(self, tokenizer: og.Tokenizer, now: float, status: str | None = None) -> Generated:
+        """The answer (the rest of the text streamed first); `status` when it did not finish normally."""
+        text, stopped = _cut(tokenizer.decode(self.ids), self.stop)
+        if self.on_delta and len(text) > self.sent:
+            self.on_delta(text[self.sent:])
+        reason = self.cut or status or ("length" if len(self.ids) >= self.max_tokens and not stopped else "stop")
+        return Generated(text=text, prompt_tokens=self.prompt_tokens, completion_tokens=len(self.ids),
+                         finish_reason=reason, ttft_ms=((self.first_token or now) - self.started) * 1000,
+                         duration_ms=(now - self.started) * 1000)
+
+
+@dataclass(kw_only=True)
+class _Active(Stream):
+    handle: og.GenerationHandle
+    blocks: int = 0
+    """KV-cache blocks reserved for its worst case (prompt + max_tokens)."""
 
 
 def cut_reason(reason: str) -> str:
@@ -95,14 +144,89 @@ def cut_reason(reason: str) -> str:
     return "length" if reason == "deadline" else "cancelled"
 
 
+class _Cancellable(Protocol):
+    job_id: str | None
+    prompt_tokens: int
+    started: float
+
+    @property
+    def on_done(self) -> Callable[[Generated | Exception], None]: ...
+
+
+C = TypeVar("C", bound=_Cancellable)
+
+
+def cancel_waiting(waiting: deque[C], job_id: str, reason: str) -> bool:
+    """End a generation still waiting for the engine, unrun (`cancel`, for either engine)."""
+    for request in waiting:
+        if request.job_id == job_id:
+            waiting.remove(request)
+            request.on_done(Generated("", request.prompt_tokens, 0, cut_reason(reason), 0.0,
+                                      (time.perf_counter() - request.started) * 1000))
+            return True
+    return False
+
+
+def prompt_ids(chat: ChatEncoder, spec: ModelSpec, prompt: Prompt) -> list[int]:
+    """Token ids (chat template included), not the template's text: contents must stay plain text
+    (worker/chat.py). Refuses a prompt longer than the model takes (on NPU: its MAX_PROMPT_LEN)."""
+    ids = chat.encode(as_messages(prompt))
+    if len(ids) > spec.max_input_tokens:
+        raise InvalidInputError(f"prompt has {len(ids)} tokens; {spec.name} takes at most {spec.max_input_tokens}",
+                                code=ErrorCode.INPUT_TOO_LONG, tokens=len(ids), limit=spec.max_input_tokens)
+    return ids
+
+
+def generation_config(max_tokens: int, temperature: float | None, stop: list[str] | None) -> og.GenerationConfig:
+    """GenAI's config of one generation: greedy below `GREEDY_BELOW`, stop strings left out of the text."""
+    config = og.GenerationConfig()
+    config.max_new_tokens = max_tokens
+    config.apply_chat_template = False  # applied by `prompt_ids`, so the token count is the real one
+    if temperature and temperature >= GREEDY_BELOW:
+        config.do_sample = True
+        config.temperature = temperature
+    if stop:
+        config.stop_strings = set(stop)
+        config.include_stop_str_in_output = False
+    return config
+
+
+def refuse_beyond_cache(spec: ModelSpec, cache: kvcache.CachePlan, prompt_tokens: int, max_tokens: int) -> int:
+    """KV-cache blocks of a generation's worst case; `CacheFullError` when it could never fit."""
+    blocks = kvcache.blocks_for(prompt_tokens + max_tokens)
+    if blocks > cache.blocks:
+        need = prompt_tokens + max_tokens
+        raise CacheFullError(
+            f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) need {need} tokens "
+            f"of KV cache; {spec.name} has {cache.tokens} on this worker (ask for fewer max_tokens, "
+            "or raise NPU_KV_CACHE_MB)", tokens=need, limit=cache.tokens)
+    return blocks
+
+
+def expired(deadline: float | None, on_done: Callable[[Generated | Exception], None], name: str) -> bool:
+    """A generation still waiting when its caller's deadline (wall clock) passed ends here, unrun."""
+    if deadline is None or time.time() <= deadline:
+        return False
+    on_done(NPUUnavailableError(f"{name}: the generation waited for the engine past its caller's deadline"))
+    return True
+
+
+def expire_waiting(waiting: deque[W], name: str) -> None:
+    """End every waiting generation whose caller's deadline passed (each step: not only when one would start)."""
+    if any(w.deadline is not None for w in waiting):
+        kept = [w for w in waiting if not expired(w.deadline, w.on_done, name)]
+        waiting.clear()
+        waiting.extend(kept)
+
+
 class ContinuousBatchingEngine:
     """The generation engine (`worker.engines`): many prompts in one `ContinuousBatchingPipeline`."""
 
     task: Literal["generation"] = "generation"
 
     def __init__(self, spec: ModelSpec, chain: list[str], max_sequences: int = 8, threads: int = 0,
-                 default_max_tokens: int = CommonSettings.model_fields["default_new_tokens"].default,
-                 max_new_tokens: int = CommonSettings.model_fields["max_new_tokens"].default,
+                 default_max_tokens: int = Settings.model_fields["default_new_tokens"].default,
+                 max_new_tokens: int = Settings.model_fields["max_new_tokens"].default,
                  cache_mb: int | None = None):
         """`default_max_tokens`: for a job that does not say (the dispatcher always does; a backend's plain
         `Queue.enqueue` may not); `threads` as for `TextEmbeddingEngine` (NPU_INFERENCE_THREADS); `cache_mb`:
@@ -154,54 +278,30 @@ class ContinuousBatchingEngine:
 
     def check(self, prompt: Prompt) -> int:
         """Prompt tokens (chat template included); refuses a prompt longer than the model takes."""
-        tokens = len(self._chat(prompt))
-        if tokens > self.spec.max_input_tokens:
-            raise InvalidInputError(f"prompt has {tokens} tokens; {self.spec.name} takes at most "
-                                    f"{self.spec.max_input_tokens}", code=ErrorCode.INPUT_TOO_LONG, tokens=tokens,
-                                    limit=self.spec.max_input_tokens)
-        return tokens
+        return len(prompt_ids(self.chat, self.spec, prompt))
 
     def submit(self, prompt: Prompt, max_tokens: int | None, temperature: float | None,
                on_done: Callable[[Generated | Exception], None],
                on_delta: Callable[[str], None] | None = None, stop: list[str] | None = None,
-               job_id: str | None = None) -> None:
+               job_id: str | None = None, deadline: float | None = None) -> None:
         """Start a generation; it advances with each `step()` and ends in `on_done`. `stop`: strings that end
         it, left out of the text (the engine's `stop_strings`; the text is cut here too, as a stop string
-        may straddle tokens the engine already let through). `job_id`: what `cancel` names it by."""
-        ids = self._chat(prompt)
-        prompt_tokens = len(ids)
-        if prompt_tokens > self.spec.max_input_tokens:
-            self.check(prompt)  # raises with the details
-        config = og.GenerationConfig()
-        config.max_new_tokens = max_tokens or self.default_max_tokens
-        config.apply_chat_template = False  # applied above, so the token count is the real one
-        if temperature and temperature >= GREEDY_BELOW:
-            config.do_sample = True
-            config.temperature = temperature
-        if stop:
-            config.stop_strings = set(stop)
-            config.include_stop_str_in_output = False
-        blocks = kvcache.blocks_for(prompt_tokens + config.max_new_tokens)
-        if blocks > self.cache.blocks:
-            need = prompt_tokens + config.max_new_tokens
-            raise CacheFullError(
-                f"the prompt ({prompt_tokens} tokens) and max_tokens ({config.max_new_tokens}) need {need} tokens "
-                f"of KV cache; {self.spec.name} has {self.cache.tokens} on this worker (ask for fewer max_tokens, "
-                "or raise NPU_KV_CACHE_MB)", tokens=need, limit=self.cache.tokens)
-        self.waiting.append(_Waiting(ids, config, prompt_tokens, blocks, on_done, on_delta, list(stop or []),
-                                     job_id=job_id))
+        may straddle tokens the engine already let through). `job_id`: what `cancel` names it by.
+        `deadline` (wall clock): when its caller stops waiting; a generation still waiting for KV cache then
+        ends unrun."""
+        ids = prompt_ids(self.chat, self.spec, prompt)
+        config = generation_config(max_tokens or self.default_max_tokens, temperature, stop)
+        blocks = refuse_beyond_cache(self.spec, self.cache, len(ids), config.max_new_tokens)
+        self.waiting.append(_Waiting(ids, config, len(ids), blocks, on_done, on_delta, list(stop or []),
+                                     deadline=deadline, job_id=job_id))
         self._admit()
 
     def cancel(self, job_id: str, reason: str) -> bool:
         """Stop a generation (`protocol.CANCEL_REASONS`): one still waiting for KV cache ends now; one in the
         engine is stopped (`GenerationHandle.stop`), and the next `step()` frees its KV cache and ends it
         with its text so far, finish reason `cut_reason(reason)`. False when no such generation runs."""
-        for waiting in self.waiting:
-            if waiting.job_id == job_id:
-                self.waiting.remove(waiting)
-                waiting.on_done(Generated("", waiting.prompt_tokens, 0, cut_reason(reason), 0.0,
-                                          (time.perf_counter() - waiting.started) * 1000))
-                return True
+        if cancel_waiting(self.waiting, job_id, reason):
+            return True
         for active in self.active.values():
             if active.job_id == job_id and active.cut is None:
                 active.cut = cut_reason(reason)
@@ -213,13 +313,16 @@ class ContinuousBatchingEngine:
         """Move waiting requests into the engine, in order, while their worst case fits the cache."""
         while self.waiting and self.reserved_blocks + self.waiting[0].blocks <= self.cache.blocks:
             request = self.waiting.popleft()
+            if expired(request.deadline, request.on_done, self.spec.name):
+                continue
             request_id = next(self._ids)
             handle = self.pipeline.add_request(request_id, ov.Tensor(np.array([request.ids], dtype=np.int64)),
                                                 request.config)
             self.reserved_blocks += request.blocks
-            self.active[request_id] = _Active(handle, request.prompt_tokens, request.config.max_new_tokens,
-                                              request.on_done, request.on_delta, request.blocks, request.started,
-                                              stop=request.stop, job_id=request.job_id)
+            self.active[request_id] = _Active(
+                handle=handle, prompt_tokens=request.prompt_tokens, max_tokens=request.config.max_new_tokens,
+                on_done=request.on_done, on_delta=request.on_delta, blocks=request.blocks, started=request.started,
+                stop=request.stop, job_id=request.job_id)
 
     def warm_up(self) -> None:
         """A full batch once at load (max_sequences prompts, a step of the engine's largest token count): the
@@ -251,6 +354,7 @@ class ContinuousBatchingEngine:
 
     def step(self) -> int:
         """Advance every active generation by one token; returns how many are still running or waiting."""
+        expire_waiting(self.waiting, self.spec.name)
         self._admit()
         if not self.active:
             return len(self.waiting)
@@ -270,11 +374,8 @@ class ContinuousBatchingEngine:
         for request_id, request in list(self.active.items()):
             if request.handle.can_read():
                 for output in request.handle.read().values():
-                    request.ids.extend(output.generated_ids)
-                if request.first_token is None and request.ids:
-                    request.first_token = now
-                if request.on_delta:
-                    self._emit(request)
+                    request.add(output.generated_ids, now)
+                request.emit(self.tokenizer)
             status = request.handle.get_status()
             if status != og.GenerationStatus.RUNNING:
                 del self.active[request_id]
@@ -283,34 +384,10 @@ class ContinuousBatchingEngine:
                     request.on_done(CacheFullError(f"{self.spec.name}: the engine had no KV cache for this "
                                                    "generation; try again", tokens=request.prompt_tokens))
                     continue
-                text, stopped = _cut(self.tokenizer.decode(request.ids), request.stop)
-                if request.on_delta and len(text) > request.sent:
-                    request.on_delta(text[request.sent:])
-                if request.cut is not None:
-                    reason = request.cut
-                elif status != og.GenerationStatus.FINISHED:
-                    reason = status.name.lower()
-                else:
-                    reason = "length" if len(request.ids) >= request.max_tokens and not stopped else "stop"
-                request.on_done(Generated(
-                    text=text, prompt_tokens=request.prompt_tokens, completion_tokens=len(request.ids),
-                    finish_reason=reason,
-                    ttft_ms=((request.first_token or now) - request.started) * 1000,
-                    duration_ms=(now - request.started) * 1000))
+                ended = None if status == og.GenerationStatus.FINISHED else status.name.lower()
+                request.on_done(request.result(self.tokenizer, now, ended))
         self._admit()
         return self.running
-
-    def _emit(self, request: _Active) -> None:
-        text = self.tokenizer.decode(request.ids)
-        if request.stop:  # hold back what may be the start of a stop string, and never send one
-            text = _cut(text, request.stop)[0]
-            text = text[:len(text) - max((_partial(text, s) for s in request.stop), default=0)]
-        # A multi-byte character split across tokens decodes to U+FFFD until its last token arrives.
-        if text.endswith("\ufffd"):
-            return
-        if len(text) > request.sent:
-            request.on_delta(text[request.sent:])  # type: ignore[misc]
-            request.sent = len(text)
 
     def generate(self, prompt: Prompt, max_tokens: int | None = None,
                  temperature: float | None = None, stop: list[str] | None = None) -> Generated:

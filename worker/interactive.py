@@ -313,7 +313,8 @@ class InteractiveLane:
             engine.check(job.prompt or "")
             engine.submit(job.prompt or "", job.max_tokens, job.temperature, stop=job.stop,
                           on_done=partial(self._generated, engine, job, started),
-                          on_delta=partial(self._delta, job) if job.stream else None, job_id=job.id)
+                          on_delta=partial(self._delta, job) if job.stream else None, job_id=job.id,
+                          deadline=job.deadline_at)
             now = time.monotonic()
             ends_at = (None if job.run_ms is None
                        else now + (entry_ms(entry_id) + job.run_ms - self.clock.now_ms()) / 1000)

@@ -146,14 +146,7 @@ class TextEmbeddingEngine:
         if "token_type_ids" in self._inputs and "token_type_ids" not in tokens:
             tokens["token_type_ids"] = np.zeros_like(tokens["input_ids"])
         hidden = self._model({name: tokens[name] for name in self._inputs})[0]
-        if self.spec.pooling == "mean":
-            mask = tokens["attention_mask"][..., None].astype(np.float32)
-            vectors = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-        else:
-            vectors = hidden[:, 0]
-        if self.spec.normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        return pool(self.spec, hidden, tokens["attention_mask"])
 
     def _tokens(self, texts: list[str]) -> dict[str, np.ndarray] | None:
         """The texts' rows of the last counted batch (else a new tokenization), trimmed to their longest;
@@ -168,3 +161,16 @@ class TextEmbeddingEngine:
         if width > self.spec.max_input_tokens:
             return None
         return {name: value[index, :width] for name, value in arrays.items()}
+
+
+def pool(spec: ModelSpec, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """Vectors from the model's last hidden state, pooled and normalized as the registry says (as
+    `TextEmbeddingPipeline` does)."""
+    if spec.pooling == "mean":
+        mask = attention_mask[..., None].astype(np.float32)
+        vectors = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+    else:
+        vectors = hidden[:, 0]
+    if spec.normalize:
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
