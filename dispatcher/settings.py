@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     redis_maxmemory_mb: int = Field(1024, ge=0, description="Memory bound of the embedded Redis (0: none); when "
                                     "it is reached, writes are refused (503 `redis_full`), nothing is evicted.")
     models_file: Path | None = Field(None, description="Extra model registry (TOML) merged over the bundled one.")
+    cache_dir: str | None = Field(None, description="OpenVINO's compiled-model cache, one subdirectory per device "
+                                  "(unset: `<state_dir>/cache`; `off` or empty: no cache). An NPU compiles a model "
+                                  "for seconds to minutes; from the cache it loads in a fraction of that.")
 
     # --- Worker
     node_id: str = Field(default_factory=socket.gethostname)
@@ -229,6 +232,15 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.state_dir / "models"
+
+    @property
+    def compile_cache(self) -> Path | None:
+        """Root of the compiled-model cache (NPU_CACHE_DIR), None when it is off."""
+        if self.cache_dir is None:
+            return self.state_dir / "cache"
+        if self.cache_dir.strip().lower() in ("", "off", "none", "false", "0"):
+            return None
+        return Path(self.cache_dir).expanduser()
 
     @property
     def redis_address(self) -> str:

@@ -8,6 +8,8 @@ its task's default. arq's `Function` registry is the model: a name, and what to 
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from typing import Literal, Protocol
 
@@ -21,6 +23,9 @@ from .devices import parse_chain
 from .generation import ContinuousBatchingEngine, Generated
 from .inference import PADDED_TOKENS
 from .pipelines import TextEmbeddingEngine
+from .precision import npu_warning
+
+log = logging.getLogger(__name__)
 
 Task = Literal["embedding", "generation"]
 
@@ -92,12 +97,12 @@ def default_max_tokens(s: Settings) -> int:
 
 def _text_embedding(spec: ModelSpec, s: Settings) -> Engine:
     return TextEmbeddingEngine(spec, parse_chain(s.devices), s.inference_threads, s.embed_one_pass, s.batch_max,
-                               PADDED_TOKENS)
+                               PADDED_TOKENS, s.compile_cache)
 
 
 def _continuous_batching(spec: ModelSpec, s: Settings) -> Engine:
     return ContinuousBatchingEngine(spec, parse_chain(s.devices), s.max_generations, s.inference_threads,
-                                    default_max_tokens(s), s.max_new_tokens, s.kv_cache_mb)
+                                    default_max_tokens(s), s.max_new_tokens, s.kv_cache_mb, s.compile_cache)
 
 
 ENGINES: dict[tuple[str, str], Build] = {
@@ -117,4 +122,15 @@ def build(spec: ModelSpec, settings: Settings, name: str | None = None) -> Engin
     if found is None:
         known = ", ".join(f"{t}/{n}" for t, n in ENGINES)
         raise ValueError(f"{spec.name}: no engine {name!r} for task {spec.task!r}; known: {known}")
-    return found(spec, settings)
+    engine = found(spec, settings)
+    warning = npu_warning(spec, engine.device)
+    if warning:
+        log.warning(warning)
+    return engine
+
+
+def engine_name(engine: Engine) -> str:
+    """What the heartbeat calls an engine: its class in kebab case (`ContinuousBatchingEngine` ->
+    `continuous-batching`), so a new engine class is named without a table to keep in step."""
+    words = re.findall(r"[A-Z][a-z0-9]*", type(engine).__name__.removesuffix("Engine"))
+    return "-".join(w.lower() for w in words) or type(engine).__name__

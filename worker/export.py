@@ -18,8 +18,11 @@ from typing import Literal
 from dispatcher.models import ModelSpec, Registry
 from dispatcher.settings import Settings
 
+from .precision import detected, npu_recipe, read_config
+
 log = logging.getLogger(__name__)
 Task = Literal["feature-extraction", "text-generation"]
+Target = Literal["any", "npu"]
 
 
 def _read_json(path: Path) -> dict:
@@ -69,9 +72,13 @@ def register(settings: Settings, name: str, fields: dict[str, object]) -> Path:
     return path
 
 
-def export(settings: Settings, source: str, task: Task, name: str, force: bool = False) -> ModelSpec:
+def export(settings: Settings, source: str, task: Task, name: str, force: bool = False,
+           target: Target = "any") -> ModelSpec:
+    """`target` "npu": the weights GenAI's NPU guide asks for (`worker.precision.npu_recipe`); "any":
+    optimum-intel's defaults. The registry entry records the precision either way."""
     try:
         from optimum.exporters.openvino import main_export
+        from optimum.intel import OVConfig, OVWeightQuantizationConfig
     except ImportError as exc:
         raise RuntimeError("export needs the optional extra: pip install 'npu-worker[export]' "
                            "(torch, optimum-intel; about 1.6 GB)") from exc
@@ -82,14 +89,22 @@ def export(settings: Settings, source: str, task: Task, name: str, force: bool =
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}-") as tmp:
         work = Path(tmp) / "model"
-        main_export(model_name_or_path=source, output=work,
+        recipe = npu_recipe(task, read_config(source)) if target == "npu" else None
+        ov_config = None
+        if recipe is not None and recipe.bits is not None:
+            ov_config = OVConfig(quantization_config=OVWeightQuantizationConfig(
+                bits=recipe.bits, sym=recipe.sym, ratio=recipe.ratio, group_size=recipe.group_size))
+        elif recipe is not None:
+            ov_config = OVConfig(dtype=recipe.dtype)
+        main_export(model_name_or_path=source, output=work, ov_config=ov_config,
                     task="text-generation-with-past" if task == "text-generation" else task, convert_tokenizer=True)
         if not (work / "openvino_tokenizer.xml").exists():
             raise RuntimeError("the export produced no OpenVINO tokenizer; is openvino-tokenizers installed?")
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
-    register(settings, name, describe(name, task, out, source_dir))
+    precision = recipe.precision if recipe is not None else detected(out)
+    register(settings, name, describe(name, task, out, source_dir) | {"precision": precision})
     spec = Registry.load(settings).get(name)
     log.info("exported %s to %s and registered it in %s", source, out, registry_file(settings))
     return spec
