@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from dispatcher.protocol import Placement
+
 
 def _json_integer(value: Any) -> Any:
     """JSON Schema's integer: 2 and 2.0 are, "2" and true are not (strict pydantic refuses 2.0, lax takes "2")."""
@@ -115,6 +117,8 @@ class HealthResponse(BaseModel):
     missing_models: list[str]
     queue_depth: int
     cloud_fallback: bool
+    placements: dict[str, Placement] = Field(default_factory=dict, description="Loaded model -> the device it "
+                                             "runs on, its engine, and why earlier devices of the chain refused it.")
 
 
 class ErrorResponse(BaseModel):
