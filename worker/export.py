@@ -18,7 +18,7 @@ from typing import Literal
 from dispatcher.models import ModelSpec, Registry
 from dispatcher.settings import Settings
 
-from .precision import detected, npu_recipe, read_config
+from .precision import Recipe, detected, npu_recipe, read_config
 
 log = logging.getLogger(__name__)
 Task = Literal["feature-extraction", "text-generation"]
@@ -72,13 +72,30 @@ def register(settings: Settings, name: str, fields: dict[str, object]) -> Path:
     return path
 
 
+def compress(xml: Path, recipe: Recipe) -> None:
+    """Apply `recipe` to an exported model in place, with NNCF (what optimum-cli's `--weight-format int4 --sym
+    --ratio --group-size` runs; optimum's `main_export` alone does not compress)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(xml)
+    if recipe.bits == 4:
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM if recipe.sym
+                                      else nncf.CompressWeightsMode.INT4_ASYM, ratio=recipe.ratio,
+                                      group_size=recipe.group_size)
+    staged = xml.with_name("compressed.xml")
+    ov.save_model(model, staged, compress_to_fp16=recipe.dtype == "fp16")
+    del model
+    staged.rename(xml)
+    staged.with_suffix(".bin").rename(xml.with_suffix(".bin"))
+
+
 def export(settings: Settings, source: str, task: Task, name: str, force: bool = False,
            target: Target = "any") -> ModelSpec:
     """`target` "npu": the weights GenAI's NPU guide asks for (`worker.precision.npu_recipe`); "any":
     optimum-intel's defaults. The registry entry records the precision either way."""
     try:
         from optimum.exporters.openvino import main_export
-        from optimum.intel import OVConfig, OVWeightQuantizationConfig
     except ImportError as exc:
         raise RuntimeError("export needs the optional extra: pip install 'npu-worker[export]' "
                            "(torch, optimum-intel; about 1.6 GB)") from exc
@@ -90,14 +107,10 @@ def export(settings: Settings, source: str, task: Task, name: str, force: bool =
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}-") as tmp:
         work = Path(tmp) / "model"
         recipe = npu_recipe(task, read_config(source)) if target == "npu" else None
-        ov_config = None
-        if recipe is not None and recipe.bits is not None:
-            ov_config = OVConfig(quantization_config=OVWeightQuantizationConfig(
-                bits=recipe.bits, sym=recipe.sym, ratio=recipe.ratio, group_size=recipe.group_size))
-        elif recipe is not None:
-            ov_config = OVConfig(dtype=recipe.dtype)
-        main_export(model_name_or_path=source, output=work, ov_config=ov_config,
+        main_export(model_name_or_path=source, output=work,
                     task="text-generation-with-past" if task == "text-generation" else task, convert_tokenizer=True)
+        if recipe is not None:
+            compress(work / "openvino_model.xml", recipe)
         if not (work / "openvino_tokenizer.xml").exists():
             raise RuntimeError("the export produced no OpenVINO tokenizer; is openvino-tokenizers installed?")
         if out.exists():
