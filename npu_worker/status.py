@@ -63,8 +63,10 @@ def blocks(beats: list[Heartbeat], title: str, now: float) -> Text:
 
 def table(beats: list[Heartbeat], title: str, now: float) -> Table:
     """One line per model a worker serves, so a model name and its device stay whole on one line (the
-    worker id names the node); the numbers never wrap; the caption says what `queued i/b` counts."""
-    grid = Table(title=title, caption=QUEUED, caption_justify="left", box=None, header_style="bold")
+    worker id names the node); the numbers never wrap; the caption says what `queued i/b` counts and which
+    devices refused a model."""
+    grid = Table(title=title, caption="\n".join([QUEUED, *_refusals(beats)]), caption_justify="left", box=None,
+                 header_style="bold")
     grid.add_column("worker", overflow="fold", ratio=1)
     grid.add_column("model (device)", no_wrap=True)
     for column in ("queued i/b", "running", "util %", "busy %", "jobs", "seen"):
@@ -82,6 +84,4 @@ def table(beats: list[Heartbeat], title: str, now: float) -> Table:
     for model, state in sorted(by_model(beats).items()):
         grid.add_row(f"{state.workers} worker(s) on {', '.join(sorted(state.devices))}", Text(model, style="bold"),
                      f"{state.interactive_depth}/{state.bulk_depth}")
-    for line in _refusals(beats):
-        grid.add_row(Text(line, style="dim"))
     return grid

@@ -71,6 +71,7 @@ def test_a_model_re_exported_in_place_is_not_served_from_stale_blobs(tmp_path: P
     """Export MiniLM, load it with the compiled-model cache, export a different model (a random 64-dim BERT) under
     the same name, reload with the same cache: the new model's vectors, equal to an uncached load's."""
     from worker.export import export
+    from worker.precision import detected
 
     source = tmp_path / "all-MiniLM-L6-v2"
     with zipfile.ZipFile(package_dir("all_minilm_l6_v2") / "model.zip") as archive:
@@ -84,8 +85,9 @@ def test_a_model_re_exported_in_place_is_not_served_from_stale_blobs(tmp_path: P
 
     (tmp_path / "tiny-bert").mkdir()
     other = _tiny("bert", tmp_path / "tiny-bert")
-    second = export(settings, str(other), "feature-extraction", "m", force=True)
+    second = export(settings, str(other), "feature-extraction", "m", force=True, target="npu")
     assert second.path == first.path and second.dim == 64
+    assert second.precision == "fp16" == detected(second.path)  # --for npu: an embedding model goes as fp16
     cached = TextEmbeddingEngine(second, ["CPU"], cache=cache).embed(texts)
     uncached = TextEmbeddingEngine(second, ["CPU"]).embed(texts)
     assert cached.shape == (2, 64) and np.abs(cached - uncached).max() < 1e-6
