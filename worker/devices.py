@@ -18,6 +18,9 @@ T = TypeVar("T")
 _PATH = re.compile(r"/(?:[^\s\"':/]+/)+([^\s\"':/]+)")
 """A file path in an OpenVINO message: only its last part is kept (the install's directories are noise)."""
 _refused: dict[str, dict[str, str]] = {}
+_failed: dict[str, dict[str, str]] = {}
+"""Refusals of a chain no device of which took the model: an engine table may try the chain in runs (the NPU
+with one engine, then GPU and CPU with another), and the next run's success reports them too."""
 _refused_lock = threading.Lock()
 
 _TYPES = {"NPU": "intel-npu", "GPU": "intel-gpu", "NVIDIA": "nvidia-gpu", "CPU": "cpu"}
@@ -68,10 +71,11 @@ def first_that_compiles(build: Callable[[str], T], chain: list[str], what: str) 
             continue
         log.info("%s: running on %s", what, device)
         with _refused_lock:
-            _refused[what] = refused
+            _refused[what] = {**_failed.pop(what, {}), **refused}
         return built, device
     with _refused_lock:
-        _refused[what] = refused
+        _failed[what] = {**_failed.get(what, {}), **refused}
+        _refused[what] = dict(_failed[what])
     raise RuntimeError(f"{what}: no device of {chain} could run it; " + "; ".join(errors))
 
 

@@ -127,3 +127,31 @@ def test_older_heartbeats_parse_and_new_ones_carry_placements() -> None:
     new = Heartbeat.model_validate(old | {"placements": {"m": {"device": "CPU", "engine": "serial",
                                                                 "refused": {"NPU": "no device"}}}})
     assert new.placements == {"m": Placement(device="CPU", engine="serial", refused={"NPU": "no device"})}
+
+
+def test_refusals_of_a_chain_tried_in_runs_are_reported_together() -> None:
+    """An engine table may try NPU with one engine and then GPU,CPU with another: the device the model lands on
+    is reported with every earlier refusal, the first run's too."""
+    from worker.devices import first_that_compiles
+
+    def build(device: str) -> str:
+        if device != "CPU":
+            raise RuntimeError(f"src/plugin.cpp:1:\n{device} is not here")
+        return "built"
+
+    with pytest.raises(RuntimeError):
+        first_that_compiles(build, ["NPU"], "runs-model")
+    assert first_that_compiles(build, ["GPU", "CPU"], "runs-model") == ("built", "CPU")
+    assert refusals("runs-model") == {"NPU": "NPU is not here", "GPU": "GPU is not here"}
+    assert first_that_compiles(build, ["CPU"], "runs-model") == ("built", "CPU")
+    assert refusals("runs-model") == {}  # a later load reports its own chain only
+
+
+def test_compile_for_warms_the_cache_and_needs_it(settings: Settings, tmp_path: Path) -> None:
+    from worker.prepare import compile_for
+
+    cached = settings.model_copy(update={"cache_dir": str(tmp_path / "cache")})
+    assert compile_for(cached, ["all-minilm-l6-v2"], "NPU,CPU") == {"all-minilm-l6-v2": "CPU"}
+    assert len(list((tmp_path / "cache" / "CPU").glob("*.blob"))) == 3
+    with pytest.raises(ValueError, match="cache is off"):
+        compile_for(settings.model_copy(update={"cache_dir": "off"}), ["all-minilm-l6-v2"], "CPU")
