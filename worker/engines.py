@@ -122,7 +122,12 @@ def build(spec: ModelSpec, settings: Settings, name: str | None = None) -> Engin
     if found is None:
         known = ", ".join(f"{t}/{n}" for t, n in ENGINES)
         raise ValueError(f"{spec.name}: no engine {name!r} for task {spec.task!r}; known: {known}")
-    engine = found(spec, settings)
+    return checked(spec, found(spec, settings))
+
+
+def checked(spec: ModelSpec, engine: Engine) -> Engine:
+    """`engine` as built, after one warning line when it landed on an NPU with weights that are not NPU-ready
+    (`worker.precision.npu_warning`)."""
     warning = npu_warning(spec, engine.device)
     if warning:
         log.warning(warning)
