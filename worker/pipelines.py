@@ -43,10 +43,10 @@ def plugin_config(threads: int = 0, device: str = "CPU", shapes: int = CPU_SHAPE
 
 
 def device_cache(cache: Path, device: str) -> Path:
-    """`<cache>/<DEVICE>`: one directory per device, so an operator sees (and can clear) what each compiled."""
-    path = cache / re.sub(r"[^A-Z0-9_.-]", "_", device.upper())
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    """`<cache>/<DEVICE>`: one directory per device, so an operator sees (and can clear) what each compiled.
+    The root is made private here; OpenVINO makes the device's directory when it writes a blob there."""
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return cache / re.sub(r"[^A-Z0-9_.-]", "_", device.upper())
 
 
 def require_model_dir(spec: ModelSpec) -> None:
