@@ -18,7 +18,7 @@ from .detection import detect
 from .errors import ConflictError, ErrorCode, InvalidInputError, NotFoundError
 from .models import Registry
 from .nodes import NPU_ROLE, LoadBalancing, Node, NodeStore
-from .protocol import Heartbeat, Keys, unpack, utilization
+from .protocol import Heartbeat, Keys, Placement, unpack, utilization
 from .settings import FacadeSettings
 
 RQ_QUEUE_PREFIX = "rq:queue:"
@@ -47,6 +47,19 @@ def by_model(beats: list[Heartbeat]) -> dict[str, ModelState]:
             state.interactive_depth = max(state.interactive_depth, depth.get("interactive", 0))
             state.bulk_depth = max(state.bulk_depth, depth.get("bulk", 0))
     return states
+
+
+def placements(beats: list[Heartbeat]) -> dict[str, Placement]:
+    """Per model: where it runs (on the most capable device any worker has it on), its engine, and why the
+    earlier devices of the chain refused it: what /health, the node card and `npu-worker status` show."""
+    best: dict[str, tuple[int, Placement]] = {}
+    for beat in beats:
+        for model, placement in (beat.placements or {}).items():
+            dtype = beat.models.get(model, "")
+            rank = DEVICE_ORDER.index(dtype) if dtype in DEVICE_ORDER else len(DEVICE_ORDER)
+            if model not in best or rank < best[model][0]:
+                best[model] = (rank, placement)
+    return {model: best[model][1] for model in sorted(best)}
 
 
 def iso(ts: float | None) -> str | None:
@@ -165,6 +178,7 @@ class Fleet:
             "capabilities": node.capabilities, "lastHealthCheck": iso(node.last_health_check),
             "detection": {**node.detection.model_dump(), "at": iso(node.detection.at)} if node.detection else None,
             "models": node.models,
+            "placements": {m: p.model_dump() for m, p in placements(beats).items()},
         }
 
     async def _saved_view(self, node: Node) -> dict[str, Any]:

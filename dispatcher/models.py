@@ -28,6 +28,8 @@ class ModelSpec(BaseModel):
     task: Literal["embedding", "generation"]
     path: Path
     source: str | None = None
+    precision: str | None = None
+    """Weight precision as exported (`int4-sym-g128`, `fp16`, ...): an NPU load warns when it is not NPU-ready."""
     dim: int | None = None
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True

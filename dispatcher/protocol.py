@@ -319,6 +319,17 @@ class KVCache(BaseModel):
     """What running generations occupy."""
 
 
+class Placement(BaseModel):
+    """Where one model really runs on a worker, and why not on the devices before it in the chain."""
+
+    device: str
+    """OpenVINO device it compiled on, e.g. `NPU`, `CPU`."""
+    engine: str | None = None
+    """The engine serving it (`continuous-batching`, `serial`, `text-embedding`, ...)."""
+    refused: dict[str, str] = Field(default_factory=dict)
+    """Earlier device of the chain -> its one-line refusal, in chain order."""
+
+
 class Heartbeat(BaseModel):
     """A worker's self-report, rewritten every heartbeat interval with a short TTL."""
 
@@ -333,6 +344,7 @@ class Heartbeat(BaseModel):
     """model -> OpenVINO execution device(s) really used, e.g. `CPU`."""
     max_concurrent: int
     memory_gb: float
+    """The memory of the device the models run on where its plugin reports it (NPU, GPU), else the host's."""
     queue_depth: int
     queue_depths: dict[str, dict[str, int]]
     """model -> {"interactive": n, "bulk": n}."""
@@ -346,6 +358,8 @@ class Heartbeat(BaseModel):
     """The worker process's resident memory (absent in heartbeats of older workers)."""
     kv_cache: dict[str, KVCache] | None = None
     """Generation model -> its KV cache on this worker (absent in heartbeats of older workers)."""
+    placements: dict[str, Placement] | None = None
+    """model -> device, engine and earlier devices' refusals (absent in heartbeats of older workers)."""
 
 
 def utilization(queued: int, running: int, max_concurrent: int) -> float:

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
+from .protocol import Placement
+
 INT32 = 2**31 - 1
 """Largest count a report may carry: far beyond any node, and within what every encoder takes."""
 
@@ -50,3 +52,6 @@ class HealthResponse(BaseModel):
     missing_models: list[ModelName]
     queue_depth: Count
     cloud_fallback: bool
+    placements: dict[ModelName, Placement] = Field(default_factory=dict, max_length=1024, description="Loaded "
+                                                   "model -> the device it runs on, its engine, and why earlier "
+                                                   "devices of the chain refused it.")

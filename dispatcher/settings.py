@@ -138,6 +138,9 @@ class CommonSettings(RedisSettings):
     check and workers enforce, the heartbeat pace callers wait by, logging."""
 
     models_file: Path | None = Field(None, description="Extra model registry (TOML) merged over the bundled one.")
+    cache_dir: str | None = Field(None, description="OpenVINO's compiled-model cache, one subdirectory per device "
+                                  "(unset: `<state_dir>/cache`; `off` or empty: no cache). An NPU compiles a model "
+                                  "for seconds to minutes; from the cache it loads in a fraction of that.")
     heartbeat_interval_s: float = Field(2.0, gt=0)
     max_new_tokens: int = Field(1024, ge=1, description="Largest max_tokens a generation may ask for.")
     default_new_tokens: int = Field(256, ge=1, description="max_tokens of a generation that does not say "
@@ -153,6 +156,15 @@ class CommonSettings(RedisSettings):
     @property
     def models_dir(self) -> Path:
         return self.state_dir / "models"
+
+    @property
+    def compile_cache(self) -> Path | None:
+        """Root of the compiled-model cache (NPU_CACHE_DIR), None when it is off."""
+        if self.cache_dir is None:
+            return self.state_dir / "cache"
+        if self.cache_dir.strip().lower() in ("", "off", "none", "false", "0"):
+            return None
+        return Path(self.cache_dir).expanduser()
 
 
 class CallerSettings(CommonSettings):
@@ -224,10 +236,11 @@ class WorkerSettings(CommonSettings):
     dead_letter_max: int = Field(10000, ge=1, description="Entries kept per dead-letter stream (oldest trimmed).")
     max_generations: int = Field(8, ge=1, description="Generations a worker runs at once (continuous batching).")
     generation_engine: str | None = Field(None, description="Engine of every generation model, whatever its device "
-                                          "or registry entry (`serial`: one at a time, as on an NPU; `continuous`). "
-                                          "Unset: the registry's `engine`, else by device (worker/engines.py).")
-    embed_engine: str | None = Field(None, description="The same for embedding models (`static`: fixed shapes, as "
-                                     "on an NPU; `text-embedding`).")
+                                          "or registry entry (`serial`: one at a time, as on an NPU; "
+                                          "`continuous-batching`). Unset: the registry's `engine`, else by device "
+                                          "(worker/engines.py).")
+    embed_engine: str | None = Field(None, description="The same for embedding models (`static-embedding`: fixed "
+                                     "shapes, as on an NPU; `text-embedding`).")
     kv_cache_mb: int | None = Field(None, ge=1, description="KV cache of each generation model, in MB (a model's "
                                     "`kv_cache_mb` in the registry wins). Unset: room for max_generations "
                                     "sequences of the model's max_input_tokens + max_new_tokens, from its shape.")

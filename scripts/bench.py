@@ -56,7 +56,7 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-NPU_SHAPED = {"NPU_GENERATION_ENGINE": "serial", "NPU_EMBED_ENGINE": "static"}
+NPU_SHAPED = {"NPU_GENERATION_ENGINE": "serial", "NPU_EMBED_ENGINE": "static-embedding"}
 """The engines an NPU gets, forced on any device (worker/engines.py)."""
 
 

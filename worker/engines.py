@@ -11,6 +11,8 @@ CPU or GPU) or the task's default. arq's `Function` registry is the model: a nam
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from typing import Literal, Protocol
 
@@ -24,8 +26,11 @@ from .devices import parse_chain
 from .generation import ContinuousBatchingEngine, Generated
 from .inference import PADDED_TOKENS
 from .pipelines import TextEmbeddingEngine
+from .precision import npu_warning
 from .serial import SerialEngine
 from .static import StaticEmbeddingEngine
+
+log = logging.getLogger(__name__)
 
 Task = Literal["embedding", "generation"]
 
@@ -105,35 +110,35 @@ def default_max_tokens(s: WorkerSettings) -> int:
 
 def _text_embedding(spec: ModelSpec, s: WorkerSettings) -> Engine:
     return TextEmbeddingEngine(spec, parse_chain(s.devices), s.inference_threads, s.embed_one_pass, s.batch_max,
-                               PADDED_TOKENS)
+                               PADDED_TOKENS, s.compile_cache)
 
 
 def _static_embedding(spec: ModelSpec, s: WorkerSettings) -> Engine:
-    return StaticEmbeddingEngine(spec, parse_chain(s.devices), s.inference_threads)
+    return StaticEmbeddingEngine(spec, parse_chain(s.devices), s.inference_threads, s.compile_cache)
 
 
 def _continuous_batching(spec: ModelSpec, s: WorkerSettings) -> Engine:
     return ContinuousBatchingEngine(spec, parse_chain(s.devices), s.max_generations, s.inference_threads,
-                                    default_max_tokens(s), s.max_new_tokens, s.kv_cache_mb)
+                                    default_max_tokens(s), s.max_new_tokens, s.kv_cache_mb, s.compile_cache)
 
 
 def _serial(spec: ModelSpec, s: WorkerSettings) -> Engine:
     return SerialEngine(spec, parse_chain(s.devices), s.inference_threads, default_max_tokens(s), s.max_new_tokens,
-                        s.kv_cache_mb)
+                        s.kv_cache_mb, s.compile_cache)
 
 
 ENGINES: dict[tuple[str, str], Build] = {
     ("embedding", "text-embedding"): _text_embedding,
-    ("embedding", "static"): _static_embedding,
-    ("generation", "continuous"): _continuous_batching,
+    ("embedding", "static-embedding"): _static_embedding,
+    ("generation", "continuous-batching"): _continuous_batching,
     ("generation", "serial"): _serial,
 }
 """(task, engine name) -> how to build the engine (compiled, not yet warmed up)."""
-DEFAULT_ENGINE: dict[str, str] = {"embedding": "text-embedding", "generation": "continuous"}
+DEFAULT_ENGINE: dict[str, str] = {"embedding": "text-embedding", "generation": "continuous-batching"}
 """The engine a model of each task gets unless it, its device or the environment names one."""
 DEVICE_ENGINE: dict[tuple[str, str], Callable[[ModelSpec], str]] = {
     ("generation", "NPU"): lambda spec: "serial",
-    ("embedding", "NPU"): lambda spec: "static" if spec.static_batch else DEFAULT_ENGINE["embedding"],
+    ("embedding", "NPU"): lambda spec: "static-embedding" if spec.static_batch else DEFAULT_ENGINE["embedding"],
 }
 """(task, kind of device) -> the engine a model gets there (else its task's default). On NPU an embedding
 model takes fixed shapes when its registry entry asks (`static_batch`), else GenAI's own NPU path."""
@@ -171,14 +176,31 @@ def build(spec: ModelSpec, settings: WorkerSettings, name: str | None = None) ->
     chain that takes it."""
     name = name or forced(spec, settings)
     if name:
-        return _lookup(spec, name)(spec, settings)
+        return checked(spec, _lookup(spec, name)(spec, settings))
     runs = by_device(spec, parse_chain(settings.devices))
     for engine, _ in runs:
         _lookup(spec, engine)
     errors = []
     for engine, devices in runs:
         try:
-            return _lookup(spec, engine)(spec, settings.model_copy(update={"devices": ",".join(devices)}))
+            run = settings.model_copy(update={"devices": ",".join(devices)})
+            return checked(spec, _lookup(spec, engine)(spec, run))
         except RuntimeError as exc:  # no device of the run took it (worker.devices): the next run's turn
             errors.append(str(exc))
     raise RuntimeError("; ".join(errors))
+
+
+def checked(spec: ModelSpec, engine: Engine) -> Engine:
+    """`engine` as built, after one warning line when it landed on an NPU with weights that are not NPU-ready
+    (`worker.precision.npu_warning`)."""
+    warning = npu_warning(spec, engine.device)
+    if warning:
+        log.warning(warning)
+    return engine
+
+
+def engine_name(engine: Engine) -> str:
+    """An engine's name: its class in kebab case (`ContinuousBatchingEngine` -> `continuous-batching`), the
+    same name `ENGINES` and the NPU_*_ENGINE settings know it by."""
+    words = re.findall(r"[A-Z][a-z0-9]*", type(engine).__name__.removesuffix("Engine"))
+    return "-".join(w.lower() for w in words) or type(engine).__name__

@@ -18,8 +18,11 @@ from typing import Literal
 from dispatcher.models import ModelSpec, Registry
 from dispatcher.settings import WorkerSettings
 
+from .precision import Recipe, detected, npu_recipe, read_config
+
 log = logging.getLogger(__name__)
 Task = Literal["feature-extraction", "text-generation"]
+Target = Literal["any", "npu"]
 
 
 def _read_json(path: Path) -> dict:
@@ -69,7 +72,28 @@ def register(settings: WorkerSettings, name: str, fields: dict[str, object]) -> 
     return path
 
 
-def export(settings: WorkerSettings, source: str, task: Task, name: str, force: bool = False) -> ModelSpec:
+def compress(xml: Path, recipe: Recipe) -> None:
+    """Apply `recipe` to an exported model in place, with NNCF (what optimum-cli's `--weight-format int4 --sym
+    --ratio --group-size` runs; optimum's `main_export` alone does not compress)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(xml)
+    if recipe.bits == 4:
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM if recipe.sym
+                                      else nncf.CompressWeightsMode.INT4_ASYM, ratio=recipe.ratio,
+                                      group_size=recipe.group_size)
+    staged = xml.with_name("compressed.xml")
+    ov.save_model(model, staged, compress_to_fp16=recipe.dtype == "fp16")
+    del model
+    staged.rename(xml)
+    staged.with_suffix(".bin").rename(xml.with_suffix(".bin"))
+
+
+def export(settings: WorkerSettings, source: str, task: Task, name: str, force: bool = False,
+           target: Target = "any") -> ModelSpec:
+    """`target` "npu": the weights GenAI's NPU guide asks for (`worker.precision.npu_recipe`); "any":
+    optimum-intel's defaults. The registry entry records the precision either way."""
     try:
         from optimum.exporters.openvino import main_export
     except ImportError as exc:
@@ -82,14 +106,18 @@ def export(settings: WorkerSettings, source: str, task: Task, name: str, force: 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}-") as tmp:
         work = Path(tmp) / "model"
+        recipe = npu_recipe(task, read_config(source)) if target == "npu" else None
         main_export(model_name_or_path=source, output=work,
                     task="text-generation-with-past" if task == "text-generation" else task, convert_tokenizer=True)
+        if recipe is not None:
+            compress(work / "openvino_model.xml", recipe)
         if not (work / "openvino_tokenizer.xml").exists():
             raise RuntimeError("the export produced no OpenVINO tokenizer; is openvino-tokenizers installed?")
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
-    register(settings, name, describe(name, task, out, source_dir))
+    precision = recipe.precision if recipe is not None else detected(out)
+    register(settings, name, describe(name, task, out, source_dir) | {"precision": precision})
     spec = Registry.load(settings).get(name)
     log.info("exported %s to %s and registered it in %s", source, out, registry_file(settings))
     return spec

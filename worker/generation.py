@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 import numpy as np
@@ -227,11 +228,12 @@ class ContinuousBatchingEngine:
     def __init__(self, spec: ModelSpec, chain: list[str], max_sequences: int = 8, threads: int = 0,
                  default_max_tokens: int = Settings.model_fields["default_new_tokens"].default,
                  max_new_tokens: int = Settings.model_fields["max_new_tokens"].default,
-                 cache_mb: int | None = None):
+                 cache_mb: int | None = None, compile_cache: Path | None = None):
         """`default_max_tokens`: for a job that does not say (the dispatcher always does; a backend's plain
         `Queue.enqueue` may not); `threads` as for `TextEmbeddingEngine` (NPU_INFERENCE_THREADS); `cache_mb`:
         NPU_KV_CACHE_MB (the registry's `kv_cache_mb` wins), else the cache is computed for `max_sequences`
-        sequences of `max_input_tokens + max_new_tokens` (`worker.kvcache`)."""
+        sequences of `max_input_tokens + max_new_tokens` (`worker.kvcache`); `compile_cache`: the compiled-model cache
+        (`Settings.compile_cache`)."""
         require_model_dir(spec)
         self.spec = spec
         self.max_sequences = max_sequences
@@ -247,7 +249,8 @@ class ContinuousBatchingEngine:
         def build(device: str) -> og.ContinuousBatchingPipeline:
             self.cache = kvcache.plan(shape, kvcache.cache_precision(device), max_sequences,
                                       spec.max_input_tokens + max_new_tokens, spec.kv_cache_mb or cache_mb)
-            return og.ContinuousBatchingPipeline(str(spec.path), scheduler, device, plugin_config(threads, device))
+            return og.ContinuousBatchingPipeline(str(spec.path), scheduler, device,
+                                             plugin_config(threads, device, cache=compile_cache))
 
         self.pipeline, self.device = first_that_compiles(build, chain, spec.name)
         log.info("%s: KV cache up to %d tokens (%.0f MB, %s)", spec.name, self.cache.tokens,

@@ -23,9 +23,11 @@ import redis
 from rq.queue import Queue
 
 from dispatcher.nodes import NPU_ROLE, read_node
-from dispatcher.protocol import Heartbeat, Keys, memory_gb, pack, read_weights, utilization
+from dispatcher.protocol import Heartbeat, Keys, Placement, memory_gb, pack, read_weights, utilization
 from dispatcher.settings import DEAD_WORKER_MEMORY_S, WorkerSettings
 
+from .devices import device_memory_bytes, refusals
+from .engines import engine_name
 from .served import Served
 from .sources import Sources
 from .stats import Stats, rss_bytes
@@ -75,6 +77,8 @@ class HeartbeatThread(threading.Thread):
         self.in_role = True
         """The node has the npu-worker role (read at every beat); taken away, the worker is drained."""
         self.draining = False
+        self._device_gb: dict[str, float | None] = {}
+        """Device -> its own memory where the plugin reports it (asked once per device)."""
         """Set on a requested stop: the worker still beats (callers of its running generations see it
         alive) but is out of routing, so no new job is sent its way."""
 
@@ -111,6 +115,21 @@ class HeartbeatThread(threading.Thread):
         if apps != self.sources.apps:
             self.sources.apps = apps  # replaced whole: the loop sees the old set or the new one
 
+    def memory_gb(self, devices: list[str]) -> float:
+        """The memory of the devices the models run on where their plugin reports it (an NPU's), else the
+        host's: what bounds the models a node can hold."""
+        for device in devices:
+            if device not in self._device_gb:
+                size = device_memory_bytes(device)
+                self._device_gb[device] = round(size / 2**30, 1) if size else None
+        reported = [gb for d in devices if (gb := self._device_gb[d])]
+        return max(reported) if reported else memory_gb()
+
+    def placements(self, devices: dict[str, str]) -> dict[str, Placement]:
+        engines = self.served.engines
+        return {model: Placement(device=device, engine=engine_name(engines[model]) if model in engines else None,
+                                 refused=refusals(model)) for model, device in devices.items()}
+
     def beat(self) -> Heartbeat:
         with self._lock:
             beat = self._beat()
@@ -132,11 +151,12 @@ class HeartbeatThread(threading.Thread):
         self._last = (mono, stats.busy_seconds)
         beat = Heartbeat(
             worker_id=self.worker_id, node_id=s.node_id, pid=os.getpid(), started=self.started_at, at=now,
-            models=served.models, devices=served.devices, max_concurrent=s.max_concurrent, memory_gb=memory_gb(),
+            models=served.models, devices=served.devices, max_concurrent=s.max_concurrent,
+            memory_gb=self.memory_gb(list(served.devices.values())),
             queue_depth=depth, queue_depths=depths, running=running,
             utilization=utilization(depth, running, s.max_concurrent),
             busy_fraction=round(busy_fraction, 3), counters=stats.counters, rss_bytes=rss_bytes(),
-            kv_cache=served.kv_cache or None)
+            kv_cache=served.kv_cache or None, placements=self.placements(served.devices))
         expires = now + s.heartbeat_ttl_s
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(keys.worker(self.worker_id), pack(beat), px=int(s.heartbeat_ttl_s * 1000))

@@ -3,6 +3,8 @@ configuration, and the text-embedding engine."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -28,16 +30,27 @@ thread only cost CPU waking and waiting (docs/benchmarks.md)."""
 
 # One synchronous pipeline per worker process with the LATENCY hint: THROUGHPUT with one synchronous
 # caller, or a second pipeline in another thread, was slower (docs/architecture.md).
-def plugin_config(threads: int = 0, device: str = "CPU", shapes: int = CPU_SHAPE_CACHE) -> dict[str, object]:
+def plugin_config(threads: int = 0, device: str = "CPU", shapes: int = CPU_SHAPE_CACHE,
+                  cache: Path | None = None) -> dict[str, object]:
     """`threads` > 0 caps the CPU threads of one inference (NPU_INFERENCE_THREADS), for several worker
     processes sharing the cores; 0 lets OpenVINO use them all. The shape cache (`shapes` entries) is bounded
-    on CPU only (other plugins refuse the property)."""
+    on CPU only (other plugins refuse the property). `cache`: the compiled-model cache's root
+    (`Settings.compile_cache`); blobs go to its subdirectory for the device."""
     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+    if cache is not None:
+        config["CACHE_DIR"] = str(device_cache(cache, device))
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
     if device.upper().startswith("CPU"):
         config["CPU_RUNTIME_CACHE_CAPACITY"] = shapes
     return config
+
+
+def device_cache(cache: Path, device: str) -> Path:
+    """`<cache>/<DEVICE>`: one directory per device, so an operator sees (and can clear) what each compiled.
+    The root is made private here; OpenVINO makes the device's directory when it writes a blob there."""
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return cache / re.sub(r"[^A-Z0-9_.-]", "_", device.upper())
 
 
 def require_model_dir(spec: ModelSpec) -> None:
@@ -59,9 +72,10 @@ class TextEmbeddingEngine:
     task: Literal["embedding"] = "embedding"
 
     def __init__(self, spec: ModelSpec, chain: list[str], threads: int = 0, one_pass: bool = True,
-                 batch_max: int = 32, padded_tokens: int = 2048):
+                 batch_max: int = 32, padded_tokens: int = 2048, cache: Path | None = None):
         """`batch_max` and `padded_tokens`: the largest batch the worker runs (NPU_BATCH_MAX, and
-        `worker.inference.PADDED_TOKENS`), which `warm_up` runs once."""
+        `worker.inference.PADDED_TOKENS`), which `warm_up` runs once. `cache`: the compiled-model cache
+        (`Settings.compile_cache`) for every model compiled here."""
         require_model_dir(spec)
         self.spec = spec
         self.batch_max, self.padded_tokens = batch_max, padded_tokens
@@ -73,18 +87,21 @@ class TextEmbeddingEngine:
         config.max_length = spec.max_input_tokens
         self.pipeline, self.device = first_that_compiles(
             lambda device: og.TextEmbeddingPipeline(str(spec.path), device, config,
-                                             **plugin_config(threads, device, EMBED_SHAPE_CACHE)),
+                                             **plugin_config(threads, device, EMBED_SHAPE_CACHE, cache)),
             chain, spec.name)
         # The tokenizer model compiled on its own counts tokens faster than openvino_genai.Tokenizer.encode,
         # and every text is counted before it is embedded.
         core = ov.Core()
-        self._tokenize = core.compile_model(spec.path / "openvino_tokenizer.xml", "CPU", TOKENIZER_CONFIG)
+        self._tokenize = core.compile_model(spec.path / "openvino_tokenizer.xml", "CPU",
+                                            TOKENIZER_CONFIG | ({"CACHE_DIR": str(device_cache(cache, "CPU"))}
+                                                                if cache else {}))
         self._model: ov.CompiledModel | None = None
         model_file = spec.path / "openvino_model.xml"
         if one_pass and model_file.is_file() and not self.device.startswith("NPU"):
             # The device the pipeline compiled on; its plugin takes the model's dynamic shapes.
             device = self.device.split(",")[0].split(":")[-1]
-            self._model = core.compile_model(model_file, device, plugin_config(threads, device, EMBED_SHAPE_CACHE))
+            self._model = core.compile_model(model_file, device,
+                                             plugin_config(threads, device, EMBED_SHAPE_CACHE, cache))
             self._inputs = {i.get_any_name() for i in self._model.inputs}
         self._last: tuple[dict[str, int], dict[str, np.ndarray]] | None = None
         """The last batch `count_tokens` tokenized (text -> row, arrays), for `embed` to reuse."""

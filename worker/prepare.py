@@ -113,3 +113,16 @@ def prepare_all(settings: WorkerSettings, names: list[str] | None = None, force:
             done.append(name)
     private_tree(settings.models_dir)
     return done
+
+
+def compile_for(settings: WorkerSettings, names: list[str] | None = None, chain: str | None = None) -> dict[str, str]:
+    """Compile each model once on the first device of `chain` (default: NPU_DEVICES) that takes it, into
+    the compiled-model cache, so a node's first start after a deploy does not pay the NPU's compile.
+    Model -> the device it compiled on."""
+    from .engines import build
+
+    if settings.compile_cache is None:
+        raise ValueError("the compiled-model cache is off (NPU_CACHE_DIR); compiling ahead would keep nothing")
+    chained = settings.model_copy(update={"devices": chain}) if chain else settings
+    registry = Registry.load(settings)
+    return {name: build(registry.get(name), chained).device for name in names or registry.names}

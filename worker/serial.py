@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -41,7 +42,7 @@ from .generation import (
     prompt_ids,
     refuse_beyond_cache,
 )
-from .pipelines import plugin_config, require_model_dir
+from .pipelines import device_cache, plugin_config, require_model_dir
 
 log = logging.getLogger(__name__)
 WAIT_S = 0.05
@@ -58,12 +59,15 @@ def npu_properties(spec: ModelSpec, max_new_tokens: int) -> dict[str, object]:
     return properties | dict(spec.npu_properties)
 
 
-def device_properties(spec: ModelSpec, device: str, threads: int, max_new_tokens: int) -> dict[str, object]:
+def device_properties(spec: ModelSpec, device: str, threads: int, max_new_tokens: int,
+                      cache: Path | None = None) -> dict[str, object]:
     """On NPU its pipeline's properties (other plugins refuse them); elsewhere the stateful model as on an NPU
-    (ATTENTION_BACKEND=SDPA: LLMPipeline would otherwise run paged attention, i.e. continuous batching)."""
+    (ATTENTION_BACKEND=SDPA: LLMPipeline would otherwise run paged attention, i.e. continuous batching).
+    `cache`: the compiled-model cache's root, on every device (on an NPU it saves the compile at each start)."""
     if device.upper().startswith("NPU"):
-        return npu_properties(spec, max_new_tokens)
-    return plugin_config(threads, device) | {"ATTENTION_BACKEND": "SDPA"}
+        cached = {"CACHE_DIR": str(device_cache(cache, device))} if cache is not None else {}
+        return npu_properties(spec, max_new_tokens) | cached
+    return plugin_config(threads, device, cache=cache) | {"ATTENTION_BACKEND": "SDPA"}
 
 
 @dataclass(kw_only=True)
@@ -100,7 +104,7 @@ class SerialEngine:
     def __init__(self, spec: ModelSpec, chain: list[str], threads: int = 0,
                  default_max_tokens: int = Settings.model_fields["default_new_tokens"].default,
                  max_new_tokens: int = Settings.model_fields["max_new_tokens"].default,
-                 cache_mb: int | None = None):
+                 cache_mb: int | None = None, compile_cache: Path | None = None):
         """As `ContinuousBatchingEngine`'s; the KV cache is that of one sequence of the longest prompt and
         answer (on NPU exactly what MAX_PROMPT_LEN and MIN_RESPONSE_LEN compile)."""
         require_model_dir(spec)
@@ -111,7 +115,8 @@ class SerialEngine:
         def build(device: str) -> og.LLMPipeline:
             self.cache = kvcache.plan(shape, kvcache.cache_precision(device), 1,
                                       spec.max_input_tokens + max_new_tokens, spec.kv_cache_mb or cache_mb)
-            return og.LLMPipeline(str(spec.path), device, **device_properties(spec, device, threads, max_new_tokens))
+            return og.LLMPipeline(str(spec.path), device,
+                                  **device_properties(spec, device, threads, max_new_tokens, compile_cache))
 
         self.pipeline, self.device = first_that_compiles(build, chain, spec.name)
         self.tokenizer = self.pipeline.get_tokenizer()

@@ -9,6 +9,7 @@ engine's (`TextEmbeddingEngine`), so both refuse the same input.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
@@ -16,7 +17,15 @@ import openvino as ov
 from dispatcher.models import ModelSpec
 
 from .devices import first_that_compiles
-from .pipelines import EMBED_SHAPE_CACHE, TextEmbeddingEngine, plugin_config, pool, require_model_dir
+from .pipelines import (
+    EMBED_SHAPE_CACHE,
+    TOKENIZER_CONFIG,
+    TextEmbeddingEngine,
+    device_cache,
+    plugin_config,
+    pool,
+    require_model_dir,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH = 8
@@ -31,7 +40,7 @@ def buckets(spec: ModelSpec) -> list[int]:
 class StaticEmbeddingEngine(TextEmbeddingEngine):
     """An embedding engine (`worker.engines`) running only [batch, bucket] shapes."""
 
-    def __init__(self, spec: ModelSpec, chain: list[str], threads: int = 0):
+    def __init__(self, spec: ModelSpec, chain: list[str], threads: int = 0, cache: Path | None = None):
         # Not TextEmbeddingEngine.__init__: no pipeline, one compiled model per bucket instead.
         require_model_dir(spec)
         self.spec = spec
@@ -47,12 +56,15 @@ class StaticEmbeddingEngine(TextEmbeddingEngine):
             for length in self.buckets:
                 model = core.read_model(model_file)
                 model.reshape({i.get_any_name(): ov.PartialShape([self.batch, length]) for i in model.inputs})
-                compiled[length] = core.compile_model(model, device, plugin_config(threads, device, EMBED_SHAPE_CACHE))
+                compiled[length] = core.compile_model(model, device,
+                                                      plugin_config(threads, device, EMBED_SHAPE_CACHE, cache))
             return compiled
 
         self.models, self.device = first_that_compiles(build, chain, spec.name)
         self._inputs = {i.get_any_name() for i in self.models[self.buckets[0]].inputs}
-        self._tokenize = core.compile_model(spec.path / "openvino_tokenizer.xml", "CPU")
+        self._tokenize = core.compile_model(spec.path / "openvino_tokenizer.xml", "CPU",
+                                            TOKENIZER_CONFIG | ({"CACHE_DIR": str(device_cache(cache, "CPU"))}
+                                                                if cache else {}))
         self._model = None
         self._last = None
         log.info("%s: fixed shapes, batch %d, lengths %s", spec.name, self.batch, self.buckets)

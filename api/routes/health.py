@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from dispatcher.fleet import Load
+from dispatcher.fleet import Load, placements
 from dispatcher.protocol import memory_gb
 
 from ..auth import RESPONSES, AuthenticatedRoute, require_read
@@ -45,4 +45,4 @@ async def health(dispatcher: AsyncDispatcherDep, fleet: Fleet, response: Respons
         memory_gb=load.memory_gb if load.memory_gb is not None else memory_gb(),
         utilization=load.utilization, device_type=load.device_type,
         loaded_models=loaded, missing_models=missing, queue_depth=load.queued,
-        cloud_fallback=bool(cloud.base_url))
+        cloud_fallback=bool(cloud.base_url), placements=placements(beats))

@@ -17,6 +17,15 @@ export const NPUNodeCard = {
       if (this.detection && this.detection.status === "error" && this.node.status !== "online") return "error";
       return this.node.status;
     },
+    placements() {
+      // Where each model really runs, its engine, and the earlier devices that refused it (full text on hover).
+      return Object.entries(this.node.placements || {}).map(([model, p]) => {
+        const refused = Object.entries(p.refused || {});
+        return { model, device: p.device, engine: p.engine,
+                 refused: refused.map(([d]) => d + " refused").join(", "),
+                 refusals: refused.map(([d, why]) => d + ": " + why).join("\n") };
+      });
+    },
     applying() {
       // The operator asked for other models than are loaded: the node's workers are applying it.
       const wanted = this.node.models;
@@ -44,6 +53,10 @@ export const NPUNodeCard = {
     </div>
     <p class="small models-list" data-test="loaded-models">{{ node.loadedModels.join(", ") || "none loaded" }}
       <span v-if="applying" class="chip pending">applying…</span></p>
+    <ul v-if="placements.length" class="small muted placements" data-test="placements">
+      <li v-for="p in placements" :key="p.model" :title="p.refusals">{{ p.model }}: {{ p.device }}<template
+        v-if="p.engine"> · {{ p.engine }}</template><template v-if="p.refused"> ({{ p.refused }})</template></li>
+    </ul>
     <div class="bar" :title="'utilization ' + pct(node.utilization)">
       <div class="fill" :class="level(node.utilization)" :style="{width: Math.min(100, node.utilization) + '%'}"></div>
     </div>

@@ -36,6 +36,8 @@ NOT_RUN = {
     "npu-worker up [--host H]": "a synopsis of the commands, not a script; tests/e2e/test_cli.py runs them",
     "REST caller --HTTP-->": "a diagram",
     "flowchart LR": "a diagram (mermaid)",
+    "OpenVINO 2026": "output of `npu-worker devices`; tests/worker/test_compile_cache.py runs the command",
+    "npu-worker export Qwen/": "downloads models from a hub; tests/worker/test_export.py runs `export --for npu`",
     "from redis.sentinel import Sentinel": "needs a Sentinel deployment at the documented hosts; "
                                            "tests/dispatcher/test_sentinel.py runs clients and rq against real ones",
 }

@@ -192,6 +192,9 @@ def test_stats_row_matches_the_api(page: Page, site: LiveFacade, api: API, ui_se
     assert node["loadedModels"] == [MODEL]
     expect(card(page, ui_settings.node_id).locator("[data-test=model-count]")).to_have_text("1")
     expect(card(page, ui_settings.node_id).locator("[data-test=device]")).to_have_text(node["deviceType"])
+    placed = node["placements"][MODEL]
+    expect(card(page, ui_settings.node_id).locator("[data-test=placements]")).to_contain_text(
+        f"{MODEL}: {placed['device']} · {placed['engine']}")
 
 
 NPU_NODE = "npu-box"

@@ -1,5 +1,5 @@
 """The lanes' essentials, run once with the default engines and once with the NPU-shaped ones forced on CPU
-(NPU_GENERATION_ENGINE=serial, NPU_EMBED_ENGINE=static): a caller sees the same behaviour from both.
+(NPU_GENERATION_ENGINE=serial, NPU_EMBED_ENGINE=static-embedding): a caller sees the same behaviour from both.
 
 A real worker process per engine set (both bundled models, an 8 MB KV cache: about 600 tokens, so refusal
 needs no long prompt), the real dispatcher and Redis.
@@ -26,7 +26,7 @@ from worker.pipelines import TextEmbeddingEngine
 
 EMBEDDING = "all-minilm-l6-v2"
 GENERATION = "smollm2-135m-instruct"
-ENGINES = {"default": {}, "npu-shaped": {"NPU_GENERATION_ENGINE": "serial", "NPU_EMBED_ENGINE": "static"}}
+ENGINES = {"default": {}, "npu-shaped": {"NPU_GENERATION_ENGINE": "serial", "NPU_EMBED_ENGINE": "static-embedding"}}
 
 
 @pytest.fixture(scope="module", params=list(ENGINES))

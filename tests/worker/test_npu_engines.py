@@ -168,16 +168,17 @@ def test_npu_properties_only_on_npu(settings: Settings) -> None:
 def test_the_engine_follows_the_device_then_the_registry_then_the_environment(settings: Settings) -> None:
     registry = Registry.load(settings)
     generation, embedding = registry.get(GENERATION), registry.get(EMBEDDING)
-    assert engines.by_device(generation, ["NPU", "GPU", "CPU"]) == [("serial", ["NPU"]), ("continuous", ["GPU", "CPU"])]
+    assert engines.by_device(generation, ["NPU", "GPU", "CPU"]) == [("serial", ["NPU"]),
+                                                                    ("continuous-batching", ["GPU", "CPU"])]
     assert engines.by_device(embedding, ["NPU", "CPU"]) == [("text-embedding", ["NPU", "CPU"])]
     asks = embedding.model_copy(update={"static_batch": 8})
-    assert engines.by_device(asks, ["NPU.0", "CPU"]) == [("static", ["NPU.0"]), ("text-embedding", ["CPU"])]
+    assert engines.by_device(asks, ["NPU.0", "CPU"]) == [("static-embedding", ["NPU.0"]), ("text-embedding", ["CPU"])]
     # No NPU here: the serial engine's device refuses, and the next device gets continuous batching.
     npu_first = settings.model_copy(update={"devices": "NPU,CPU"})
     assert isinstance(engines.build(generation, npu_first), ContinuousBatchingEngine)
     assert engines.forced(generation.model_copy(update={"engine": "serial"}), settings) == "serial"
-    env = settings.model_copy(update={"generation_engine": "continuous", "embed_engine": "static"})
-    assert engines.forced(generation.model_copy(update={"engine": "serial"}), env) == "continuous"
-    assert engines.forced(embedding, env) == "static"
+    env = settings.model_copy(update={"generation_engine": "continuous-batching", "embed_engine": "static-embedding"})
+    assert engines.forced(generation.model_copy(update={"engine": "serial"}), env) == "continuous-batching"
+    assert engines.forced(embedding, env) == "static-embedding"
     with pytest.raises(ValueError, match="no engine 'fast'"):
         engines.build(generation.model_copy(update={"engine": "fast"}), settings)
