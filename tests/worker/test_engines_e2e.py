@@ -21,7 +21,7 @@ from dispatcher import AsyncDispatcher, Dispatcher
 from dispatcher.errors import NPUError
 from dispatcher.models import Registry
 from dispatcher.settings import Settings
-from tests.conftest import WorkerProcess, _cleanup
+from tests.conftest import WorkerProcess, _cleanup, live_beats
 from worker.pipelines import TextEmbeddingEngine
 
 EMBEDDING = "all-minilm-l6-v2"
@@ -124,3 +124,36 @@ def test_a_caller_waiting_behind_a_generation_gets_its_deadline(served: tuple[st
         assert waited < 1.5
     else:
         assert getattr(second, "text", None), second
+
+
+def _counters(s: Settings) -> dict[str, int]:
+    beats = live_beats(s)
+    assert len(beats) == 1, beats
+    return beats[0].counters
+
+
+def test_closing_a_stream_early_stops_its_generation(served: tuple[str, Settings]) -> None:
+    """The caller stops reading after 3 chunks of 300 tokens: the engine stops within a step (continuous
+    batching: `GenerationHandle.stop`; serial: its streamer answers CANCEL), counted by the worker itself."""
+    _, s = served
+    tokens = f"model:{GENERATION}:items"
+    time.sleep(s.heartbeat_interval_s + 0.3)  # earlier tests' generations are in the counters by now
+    before = _counters(s)
+    d = Dispatcher(s)
+    try:
+        stream = d.stream("Write a very long story about a lighthouse keeper.", GENERATION, max_tokens=300,
+                          temperature=0, allow_cloud=False)
+        seen = 0
+        for chunk in stream:
+            seen += bool(chunk.delta)
+            if seen == 3:
+                break
+        stream.close()  # type: ignore[attr-defined]
+    finally:
+        d.close()
+    end = time.monotonic() + 20
+    while _counters(s).get("cancelled_caller_cancelled", 0) <= before.get("cancelled_caller_cancelled", 0):
+        assert time.monotonic() < end, _counters(s)
+        time.sleep(0.2)
+    time.sleep(s.heartbeat_interval_s + 0.3)  # its tokens are counted when the engine ends it
+    assert _counters(s).get(tokens, 0) - before.get(tokens, 0) <= seen + 6
