@@ -61,8 +61,10 @@ async def _publish_apps(app: FastAPI, dispatcher: AsyncDispatcher) -> None:
     if not weights:
         return
     try:
+        dispatcher.app_weights.update(weights)
         await dispatcher.redis.hset(dispatcher.keys.apps, mapping=weights)
-        dispatcher.known_apps.update(weights)
+        for name in weights:
+            dispatcher.named(name)
     except RedisError as exc:
         log.warning("could not publish the apps' weights (%s): each counts as weight 1 until then", exc)
 

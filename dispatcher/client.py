@@ -79,6 +79,8 @@ __all__ = ["AsyncDispatcher", "Dispatcher", "EmbedResult", "GenerateResult", "St
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+RENAME_APPS_S = 10.0
+"""How often a process names an app it sends for to the workers again (a round trip it shares with the job)."""
 START_WAIT_S = 1.0
 """After deleting a cancelled generation's entry: how long to wait for the start of a worker that took it
 in the same instant (it admits a job in the step that read it), to stop it there too."""
@@ -114,7 +116,10 @@ class _Driver:
         self.policy = DispatchPolicy(settings or CallerSettings(), registry)
         self.settings, self.registry, self.keys = self.policy.settings, self.policy.registry, self.policy.keys
         self.cloud = self.policy.cloud
-        self.known_apps: set[str] = set()
+        self.app_weights: dict[str, float] = {}
+        """Weights a facade configured (`NPU_APPS`); an app not in it is named with weight 1."""
+        self._named: dict[str, float] = {}
+        """App -> when this process last named it to the workers (monotonic)."""
         self.cancel_reason = cancel_reason
         self.on_cancel = on_cancel
 
@@ -123,9 +128,14 @@ class _Driver:
         return self.keys.stream(job.model, node, app_tag(job.app, job.priority))
 
     def unnamed_app(self, job: Job) -> str | None:
-        """`job`'s app when this process has not yet named it to the workers (`Keys.apps`: until that
-        succeeded once per app and process, never overriding the weight a facade configured)."""
-        return job.app if job.app and job.app not in self.known_apps else None
+        """`job`'s app when this process has not named it to the workers (`Keys.apps`, HSETNX: never overriding
+        a weight already there) in the last `RENAME_APPS_S`: a Redis restarted empty has forgotten them."""
+        if not job.app or time.monotonic() - self._named.get(job.app, -RENAME_APPS_S) < RENAME_APPS_S:
+            return None
+        return job.app
+
+    def named(self, app: str) -> None:
+        self._named[app] = time.monotonic()
 
     def _cancelled(self, sent: _Sent, reason: str, how: str) -> None:
         log.info("cancelled job %s (%s): %s", sent.job.id, reason, how)
@@ -253,13 +263,13 @@ class Dispatcher(_Driver):
         pipe = self.redis.pipeline(transaction=False)
         new_app = self.unnamed_app(job)
         if new_app:
-            pipe.hsetnx(self.keys.apps, new_app, 1)
+            pipe.hsetnx(self.keys.apps, new_app, self.app_weights.get(new_app, 1))
         pipe.xadd(record.stream, {"j": pack(job)})
         pipe.blpop([job.reply], timeout=min(send.timeout_s, WAIT_SLICE_S))
         *_, entry_id, popped = pipe.execute()
         record.entry_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         if new_app:
-            self.known_apps.add(new_app)
+            self.named(new_app)
         if popped is not None:
             return read_reply(unpack(popped[1]))
         return self._receive(job.reply, end - time.monotonic())
@@ -417,8 +427,8 @@ class AsyncDispatcher(_Driver):
                 self.inbox.expect(job.id)
                 new_app = self.unnamed_app(job)
                 if new_app:
-                    await self.redis.hsetnx(self.keys.apps, new_app, 1)
-                    self.known_apps.add(new_app)
+                    await self.redis.hsetnx(self.keys.apps, new_app, self.app_weights.get(new_app, 1))
+                    self.named(new_app)
                 record = sent[job.id] = _AsyncSent(job, self.stream_of(job, node))
                 record.entry = self.sender.xadd(record.stream, {"j": pack(job)})
                 record.entry_id = await asyncio.shield(record.entry)

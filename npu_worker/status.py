@@ -3,6 +3,7 @@ narrow one. Pure functions of the heartbeats, so they are tested without a termi
 
 from __future__ import annotations
 
+import textwrap
 import time
 
 from rich.console import RenderableType
@@ -34,7 +35,8 @@ def _where(b: Heartbeat, model: str, dtype: str) -> str:
 
 def _refusals(beats: list[Heartbeat]) -> list[str]:
     """One short line per device that refused a model before the one it runs on."""
-    return [f"{model}: {device} refused: {reason[:90]}" for model, p in placements(beats).items()
+    return [f"{model}: {device} refused: {textwrap.shorten(reason, 90, placeholder=' ...')}"
+            for model, p in placements(beats).items()
             for device, reason in p.refused.items()]
 
 

@@ -111,7 +111,8 @@ class HeartbeatThread(threading.Thread):
         node = read_node(self.redis, self.keys, self.settings.node_id)
         self.wanted = frozenset(node.models) if node and node.models is not None else None
         self.in_role = node is None or NPU_ROLE in node.roles
-        apps = read_weights(cast(dict[bytes, bytes], self.redis.hgetall(self.keys.apps)))
+        # Apps once seen stay read: a Redis restarted empty forgets `Keys.apps` while their callers still send.
+        apps = {**self.sources.apps, **read_weights(cast(dict[bytes, bytes], self.redis.hgetall(self.keys.apps)))}
         if apps != self.sources.apps:
             self.sources.apps = apps  # replaced whole: the loop sees the old set or the new one
 

@@ -53,7 +53,7 @@ def test_busy_port(isolated: Settings) -> None:
 def test_status_fits_its_terminal(settings: Settings, worker: WorkerProcess, columns: int) -> None:
     out = cli(settings, "status", COLUMNS=str(columns))
     assert out.returncode == 0, out.stderr
-    assert settings.node_id in out.stdout and "all-minilm-l6-v2" in out.stdout and "(cpu)" in out.stdout
+    assert settings.node_id in out.stdout and "all-minilm-l6-v2 (CPU, text-embedding)" in out.stdout
     assert max(len(line) for line in out.stdout.splitlines()) <= columns
     if columns == 80:
         assert "worker(s) on cpu" in out.stdout and "queued" in out.stdout

@@ -46,5 +46,5 @@ def test_status_lists_live_workers_and_queues(settings: Settings, worker: Worker
     out = subprocess.run([sys.executable, "-m", "npu_worker", "status"], env={**worker_env(settings),
                          "COLUMNS": "250"}, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert settings.node_id in out.stdout and "all-minilm-l6-v2" in out.stdout and "(cpu)" in out.stdout
+    assert settings.node_id in out.stdout and "all-minilm-l6-v2 (CPU, text-embedding)" in out.stdout
     assert "live worker(s)" in out.stdout and "worker(s) on cpu" in out.stdout  # per-model summary rows
