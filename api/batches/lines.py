@@ -27,6 +27,14 @@ MAX_ERRORS = 100
 """Problems listed in a failed batch's `errors`: enough to fix a file, not a copy of a broken one."""
 
 
+GROUP_BATCHES = 4
+"""Worker batches of texts in one bulk job: RQ's bookkeeping is a few dozen commands per job, which jobs of
+one worker batch paid too often (docs/benchmarks.md, the Batch API); the worker still infers at most
+NPU_BATCH_MAX texts at once."""
+GROUP_CHARS = 32_000
+"""Characters in one job's texts (about 8,000 tokens at 4 a token, half the worker's default
+NPU_MAX_REQUEST_TOKENS), so a group of long texts is not refused whole and re-run line by line."""
+
 @dataclass
 class Plan:
     """What a valid file becomes: groups of lines, each group one bulk job (`Group.kwargs`)."""
@@ -37,12 +45,13 @@ class Plan:
 
 
 def plan(data: bytes, endpoint: str, dispatcher: AsyncDispatcher) -> Plan:
-    """Check every line; on success group them: embedding lines of one model together up to a worker
-    batch of texts (`NPU_BATCH_MAX`, within NPU_MAX_TEXTS), so the worker batches them as it does any
-    bulk work; a chat line is a job of its own, as the engine batches generations itself."""
+    """Check every line; on success group them: embedding lines of one model together, up to
+    `GROUP_BATCHES` worker batches of texts (`NPU_BATCH_MAX`, within NPU_MAX_TEXTS) and `GROUP_CHARS`
+    characters, so the worker batches them as it does any bulk work; a chat line is a job of its own, as the
+    engine batches generations itself."""
     out, seen = Plan(), set[str]()
     settings = dispatcher.settings
-    budget = min(settings.batch_max, settings.max_texts)
+    budget = min(GROUP_BATCHES * settings.batch_max, settings.max_texts)
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
@@ -59,12 +68,14 @@ def plan(data: bytes, endpoint: str, dispatcher: AsyncDispatcher) -> Plan:
             continue
         last = out.groups[-1] if out.groups else None
         if (line["kind"] == "embed" and last is not None and last["kind"] == "embed"
-                and last["model"] == line["model"] and last["texts"] + len(line["texts"]) <= budget):
+                and last["model"] == line["model"] and last["texts"] + len(line["texts"]) <= budget
+                and last["chars"] + sum(map(len, line["texts"])) <= GROUP_CHARS):
             last["lines"].append(line)
             last["texts"] += len(line["texts"])
+            last["chars"] += sum(map(len, line["texts"]))
         else:
             out.groups.append({"kind": line["kind"], "model": line["model"], "texts": len(line.get("texts", ())),
-                               "lines": [line]})
+                               "chars": sum(map(len, line.get("texts", ()))), "lines": [line]})
     if not out.lines and not out.errors:
         out.errors.append({"code": "empty_file", "message": "The file has no request lines.", "param": None,
                            "line": None})
