@@ -137,6 +137,9 @@ class _Driver:
     def named(self, app: str) -> None:
         self._named[app] = time.monotonic()
 
+    def unnamed(self, app: str) -> None:
+        self._named.pop(app, None)
+
     def _cancelled(self, sent: _Sent, reason: str, how: str) -> None:
         log.info("cancelled job %s (%s): %s", sent.job.id, reason, how)
         if self.on_cancel is not None:
@@ -427,8 +430,12 @@ class AsyncDispatcher(_Driver):
                 self.inbox.expect(job.id)
                 new_app = self.unnamed_app(job)
                 if new_app:
-                    await self.redis.hsetnx(self.keys.apps, new_app, self.app_weights.get(new_app, 1))
-                    self.named(new_app)
+                    self.named(new_app)  # before the await: the flood of concurrent first sends names it once
+                    try:
+                        await self.redis.hsetnx(self.keys.apps, new_app, self.app_weights.get(new_app, 1))
+                    except BaseException:
+                        self.unnamed(new_app)
+                        raise
                 record = sent[job.id] = _AsyncSent(job, self.stream_of(job, node))
                 record.entry = self.sender.xadd(record.stream, {"j": pack(job)})
                 record.entry_id = await asyncio.shield(record.entry)
