@@ -328,6 +328,8 @@ class Placement(BaseModel):
     """The engine serving it (`continuous-batching`, `serial`, `text-embedding`, ...)."""
     refused: dict[str, str] = Field(default_factory=dict)
     """Earlier device of the chain -> its one-line refusal, in chain order."""
+    max_concurrent: int | None = Field(None, ge=1, le=2**31 - 1)
+    """Generation models: the generations its engine really runs at once (1 for the serial engine, an NPU's)."""
 
 
 class Heartbeat(BaseModel):

@@ -30,7 +30,8 @@ def _where(b: Heartbeat, model: str, dtype: str) -> str:
     placement = (b.placements or {}).get(model)
     if placement is None or placement.engine is None:
         return f"{model} ({dtype})"
-    return f"{model} ({placement.device}, {placement.engine})"
+    at_once = f", {placement.max_concurrent} at once" if placement.max_concurrent else ""
+    return f"{model} ({placement.device}, {placement.engine}{at_once})"
 
 
 def _refusals(beats: list[Heartbeat]) -> list[str]:

@@ -60,6 +60,8 @@ class GenerationEngine(Protocol):
     task: Literal["generation"]
     spec: ModelSpec
     device: str
+    max_sequences: int
+    """Generations it runs at once (the others wait in it): 1 for the serial engine."""
 
     def warm_up(self) -> None: ...
 

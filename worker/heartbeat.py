@@ -27,7 +27,7 @@ from dispatcher.protocol import Heartbeat, Keys, Placement, memory_gb, pack, rea
 from dispatcher.settings import DEAD_WORKER_MEMORY_S, WorkerSettings
 
 from .devices import device_memory_bytes, refusals
-from .engines import engine_name
+from .engines import Engine, engine_name
 from .served import Served
 from .sources import Sources
 from .stats import Stats, rss_bytes
@@ -129,7 +129,9 @@ class HeartbeatThread(threading.Thread):
     def placements(self, devices: dict[str, str]) -> dict[str, Placement]:
         engines = self.served.engines
         return {model: Placement(device=device, engine=engine_name(engines[model]) if model in engines else None,
-                                 refused=refusals(model)) for model, device in devices.items()}
+                                 refused=refusals(model),
+                                 max_concurrent=_concurrency(engines.get(model)))
+                for model, device in devices.items()}
 
     def beat(self) -> Heartbeat:
         with self._lock:
@@ -195,3 +197,8 @@ class HeartbeatThread(threading.Thread):
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not deregister %s: %s (its heartbeat expires by itself)", self.worker_id, exc)
+
+
+def _concurrency(engine: Engine | None) -> int | None:
+    """What a generation engine really runs at once; None for an embedding model (batches, not sequences)."""
+    return engine.max_sequences if engine is not None and engine.task == "generation" else None

@@ -157,3 +157,10 @@ def test_closing_a_stream_early_stops_its_generation(served: tuple[str, Settings
         time.sleep(0.2)
     time.sleep(s.heartbeat_interval_s + 0.3)  # its tokens are counted when the engine ends it
     assert _counters(s).get(tokens, 0) - before.get(tokens, 0) <= seen + 6
+
+
+def test_the_heartbeat_reports_what_the_engine_really_runs_at_once(served: tuple[str, Settings]) -> None:
+    engines, s = served
+    placement = (live_beats(s)[0].placements or {})[GENERATION]
+    assert placement.engine == ("serial" if engines == "npu-shaped" else "continuous-batching")
+    assert placement.max_concurrent == (1 if engines == "npu-shaped" else s.max_generations)
