@@ -193,7 +193,7 @@ def _run(isolated: Settings, cluster: SentinelCluster, failovers: int, load_s: f
                 after = sorted(done for sent, done in tally.answers if sent > killed_at)
                 assert after, "no answer after the failover"
                 queued_by = killed_at - SEND_MARGIN_S
-                in_flight = sum(sent < queued_by and killed_at < done for sent, done in tally.answers + tally.failed)
+                in_flight = sum(sent < killed_at < done for sent, done in tally.answers + tally.failed)
                 in_flight_failed = sum(sent < queued_by and killed_at < done for sent, done in tally.failed)
                 windows.append((queued_by, after[0] + ELECTION_MARGIN_S))
                 figures.append({"elected_s": round(elected_s, 2), "first_answer_s": round(after[0] - killed_at, 2),
