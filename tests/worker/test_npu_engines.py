@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
@@ -163,6 +164,15 @@ def test_npu_properties_only_on_npu(settings: Settings) -> None:
         "NPUW_LLM_PREFILL_CHUNK_SIZE": 256}
     cpu = device_properties(spec, "CPU", 0, 300)
     assert "MAX_PROMPT_LEN" not in cpu and cpu["ATTENTION_BACKEND"] == "SDPA"
+
+
+def test_the_serial_engine_compiles_through_the_cache_on_every_device(settings: Settings, tmp_path: Path) -> None:
+    """An NPU recompiles its LLM at every start unless `CACHE_DIR` is set: the NPU's properties carry it too."""
+    spec = Registry.load(settings).get(GENERATION)
+    npu = device_properties(spec, "NPU", 0, 300, tmp_path)
+    assert npu["CACHE_DIR"] == str(tmp_path / "NPU") and npu["MAX_PROMPT_LEN"] == 2048
+    assert device_properties(spec, "CPU", 0, 300, tmp_path)["CACHE_DIR"] == str(tmp_path / "CPU")
+    assert "CACHE_DIR" not in device_properties(spec, "NPU", 0, 300)
 
 
 def test_the_engine_follows_the_device_then_the_registry_then_the_environment(settings: Settings) -> None:
