@@ -3,7 +3,9 @@ configuration, and the text-embedding engine."""
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -11,11 +13,14 @@ import numpy as np
 import openvino as ov
 import openvino_genai as og
 import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations with OpenVINO)
+from tokenizers import Tokenizer
 
 from dispatcher.errors import ErrorCode, InputTooLargeError, InvalidInputError
 from dispatcher.models import ModelSpec
 
 from .devices import first_that_compiles
+
+log = logging.getLogger(__name__)
 
 CPU_SHAPE_CACHE = 256
 """Input shapes whose compiled kernels the CPU plugin keeps (CPU_RUNTIME_CACHE_CAPACITY) for a generation model:
@@ -23,6 +28,11 @@ every new token count of a step adds an entry, and with the plugin's default the
 EMBED_SHAPE_CACHE = 32
 """The same for an embedding model, whose batches of any size and length make thousands of distinct shapes, so
 a larger cache rarely hits and only holds memory; throughput did not suffer (docs/benchmarks.md)."""
+
+FAST_TOKENIZER_TEXTS = 8
+"""Batches of up to this many texts are tokenized by the Hugging Face tokenizer the model's OpenVINO
+tokenizer was converted from (the same token ids); larger ones by the OpenVINO tokenizer, which is faster
+there (docs/benchmarks.md)."""
 
 TOKENIZER_CONFIG = {"INFERENCE_NUM_THREADS": 1}
 """The tokenizer model runs on one thread: a batch of short texts is too little work to share, and a second
@@ -95,6 +105,7 @@ class TextEmbeddingEngine:
         self._tokenize = core.compile_model(spec.path / "openvino_tokenizer.xml", "CPU",
                                             TOKENIZER_CONFIG | ({"CACHE_DIR": str(device_cache(cache, "CPU"))}
                                                                 if cache else {}))
+        self._fast = FastTokenizer.load(spec.path, self._ov_tokens)
         self._model: ov.CompiledModel | None = None
         model_file = spec.path / "openvino_model.xml"
         if one_pass and model_file.is_file() and not self.device.startswith("NPU"):
@@ -127,10 +138,15 @@ class TextEmbeddingEngine:
                 self.pipeline.embed_documents(texts)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        out = self._tokenize(texts)
-        arrays = {o.get_any_name(): value for o, value in out.items()}
+        if self._fast is not None and len(texts) <= FAST_TOKENIZER_TEXTS:
+            arrays = self._fast(texts)
+        else:
+            arrays = self._ov_tokens(texts)
         self._last = ({text: row for row, text in enumerate(texts)}, arrays)
         return [int(n) for n in arrays["attention_mask"].sum(axis=1)]
+
+    def _ov_tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return {o.get_any_name(): value for o, value in self._tokenize(texts).items()}
 
     def check(self, texts: list[str], truncate: bool, counts: list[int] | None = None,
               max_total: int | None = None) -> tuple[list[int], list[bool]]:
@@ -178,6 +194,49 @@ class TextEmbeddingEngine:
         if width > self.spec.max_input_tokens:
             return None
         return {name: value[index, :width] for name, value in arrays.items()}
+
+
+PROBES = ("Hello, world!", "naïve café: 東京 🤖, don't", "The QUICK brown fox\tjumps " * 40)
+"""Texts both tokenizers must agree on before the fast one is used (case, accents, CJK, emoji, length)."""
+
+
+class FastTokenizer:
+    """The model's own `tokenizer.json` through Hugging Face `tokenizers` (Rust), for small batches: one
+    short text costs it about a tenth of the OpenVINO tokenizer's call. No padding, no truncation: the same
+    arrays as the OpenVINO tokenizer gives (`tests/worker/test_tokenizers.py` compares them)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, model_dir: Path, reference: Callable[[list[str]], dict[str, np.ndarray]]) -> FastTokenizer | None:
+        """None when the model has no `tokenizer.json`, or when it does not give `reference`'s (the OpenVINO
+        tokenizer's) ids for a few probe texts: then the OpenVINO tokenizer serves every batch."""
+        path = model_dir / "tokenizer.json"
+        if not path.is_file():
+            return None
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        fast = cls(tokenizer)
+        for text in PROBES:
+            ours, theirs = fast([text])["input_ids"], reference([text])["input_ids"]
+            if ours.tolist() != theirs.tolist():
+                log.warning("%s: tokenizer.json gives other ids than openvino_tokenizer.xml for %r: not used",
+                            model_dir.name, text[:40])
+                return None
+        return fast
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        # One `encode` per text: `encode_batch` hands a few texts to a thread pool, which cost more than it saved.
+        encodings = [self.tokenizer.encode(text) for text in texts]
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(texts), width), dtype=np.int64)
+        mask, types = np.zeros_like(ids), np.zeros_like(ids)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[row, :n], mask[row, :n], types[row, :n] = e.ids, e.attention_mask, e.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 def pool(spec: ModelSpec, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

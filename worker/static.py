@@ -20,6 +20,7 @@ from .devices import first_that_compiles
 from .pipelines import (
     EMBED_SHAPE_CACHE,
     TOKENIZER_CONFIG,
+    FastTokenizer,
     TextEmbeddingEngine,
     device_cache,
     plugin_config,
@@ -65,6 +66,7 @@ class StaticEmbeddingEngine(TextEmbeddingEngine):
         self._tokenize = core.compile_model(spec.path / "openvino_tokenizer.xml", "CPU",
                                             TOKENIZER_CONFIG | ({"CACHE_DIR": str(device_cache(cache, "CPU"))}
                                                                 if cache else {}))
+        self._fast = FastTokenizer.load(spec.path, self._ov_tokens)  # the host's tokenizer, as the dynamic path's
         self._model = None
         self._last = None
         log.info("%s: fixed shapes, batch %d, lengths %s", spec.name, self.batch, self.buckets)
