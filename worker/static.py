@@ -66,6 +66,7 @@ class StaticEmbeddingEngine(TextEmbeddingEngine):
                                             TOKENIZER_CONFIG | ({"CACHE_DIR": str(device_cache(cache, "CPU"))}
                                                                 if cache else {}))
         self._model = None
+        self._requests = []
         self._last = None
         log.info("%s: fixed shapes, batch %d, lengths %s", spec.name, self.batch, self.buckets)
 
