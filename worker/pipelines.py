@@ -30,7 +30,8 @@ TOKENIZER_CONFIG = {"INFERENCE_NUM_THREADS": 1}
 thread only cost CPU waking and waiting (docs/benchmarks.md)."""
 
 # One synchronous pipeline per worker process with the LATENCY hint: THROUGHPUT with one synchronous
-# caller, or a second pipeline in another thread, was slower (docs/architecture.md).
+# caller, or a second pipeline in another thread, was slower (docs/architecture.md). The one-pass model on
+# CPU runs several streams instead, each with its own infer request, fed in parallel (`streams_config`).
 def plugin_config(threads: int = 0, device: str = "CPU", shapes: int = CPU_SHAPE_CACHE,
                   cache: Path | None = None) -> dict[str, object]:
     """`threads` > 0 caps the CPU threads of one inference (NPU_INFERENCE_THREADS), for several worker
