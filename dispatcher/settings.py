@@ -221,6 +221,10 @@ class WorkerSettings(CommonSettings):
     inference_threads: int = Field(0, ge=0, description="CPU threads per embedding inference; 0: all cores.")
     embed_one_pass: bool = Field(True, description="Tokenize each embedding batch once (for the token count and "
                                  "the inference); false: TextEmbeddingPipeline for everything (as on an NPU).")
+    embed_streams: int | None = Field(None, ge=1, description="Streams of the one-pass embedding model on CPU, "
+                                      "each one thread, a batch split between them; 1: one inference on every "
+                                      "thread (the LATENCY hint). Unset: 2 with two cores or more and "
+                                      "inference_threads 0, else 1.")
     batch_window_ms: float = Field(6.0, ge=0, description="How long a busy worker waits to fill a batch.")
     bulk_poll_ms: int = Field(200, ge=10, description="How often an idle worker looks at the bulk lane.")
     max_concurrent: int = Field(32, ge=1, description="Jobs a worker takes at once; utilization's denominator.")

@@ -112,7 +112,7 @@ def default_max_tokens(s: WorkerSettings) -> int:
 
 def _text_embedding(spec: ModelSpec, s: WorkerSettings) -> Engine:
     return TextEmbeddingEngine(spec, parse_chain(s.devices), s.inference_threads, s.embed_one_pass, s.batch_max,
-                               PADDED_TOKENS, s.compile_cache)
+                               PADDED_TOKENS, s.compile_cache, s.embed_streams)
 
 
 def _static_embedding(spec: ModelSpec, s: WorkerSettings) -> Engine:

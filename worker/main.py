@@ -226,7 +226,10 @@ class Worker:
             self._advance_generations()
             return True
         if read or self.interactive.holding:
-            return True
+            # The next read blocks unless there is other work to get to: jobs held here, or a bulk lane due
+            # for a look. A blocking XREADGROUP returns at once when entries wait, so a busy interactive
+            # lane loses nothing, and a lone job costs one read, not a second, empty one before the block.
+            return self.interactive.holding or time.monotonic() >= self._next_bulk
         # An empty bulk lane is looked at again after `bulk_poll_ms`, as an idle worker does, not after every
         # interactive job: that look (RQ's dequeue is a round trip per model queue) would weigh on a lone
         # request's path, and a bulk job waits no longer than it would on an idle worker.

@@ -68,6 +68,7 @@ class StaticEmbeddingEngine(TextEmbeddingEngine):
                                                                 if cache else {}))
         self._fast = FastTokenizer.load(spec.path, self._ov_tokens)  # the host's tokenizer, as the dynamic path's
         self._model = None
+        self._requests = []
         self._last = None
         log.info("%s: fixed shapes, batch %d, lengths %s", spec.name, self.batch, self.buckets)
 
