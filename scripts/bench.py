@@ -90,10 +90,12 @@ def facade_processes(stack: Stack, count: int) -> tuple[str, subprocess.Popen[by
 
 def raw_embedder(settings: Settings, one_pass: bool = False) -> Any:
     """The raw reference is OpenVINO GenAI's TextEmbeddingPipeline, as in every earlier run (so ratios
-    compare across runs); `one_pass` is the worker's own faster path run raw, for the second reference."""
+    compare across runs); `one_pass` is the worker's own faster path run raw, for the second reference, with
+    the worker's streams (NPU_EMBED_STREAMS, read from the same environment)."""
     from worker.pipelines import TextEmbeddingEngine
 
-    return TextEmbeddingEngine(Registry.load(settings).get(EMBED), ["CPU"], one_pass=one_pass)
+    return TextEmbeddingEngine(Registry.load(settings).get(EMBED), ["CPU"], one_pass=one_pass,
+                               streams=settings.embed_streams)
 
 
 def raw_batch(embedder: Any, sentences: list[str], rounds: int, size: int = 32) -> float:

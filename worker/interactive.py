@@ -63,11 +63,11 @@ POLL_S = 0.0005
 class LaneConnection:
     """The lane's reads (XREADGROUP) and reply round trips, on a connection of its own taken from the
     client's pool, sent and read without redis-py's per-command machinery (pool checkout and release,
-    response callbacks, telemetry): that cost ~130 of the ~150 us of CPU a read took in the worker's main
-    thread (2-core EPYC), and the worker reads once per lone job and every `POLL_S` while it fills a
-    batch. The client's retry policy
-    still applies (a failed attempt drops the connection, the next one connects again), and errors are
-    redis-py's own, so the loop's handling of an outage is unchanged.
+    response callbacks, telemetry), which cost most of a read's CPU in the worker's main thread
+    (docs/benchmarks.md); the worker reads once per lone job and every `POLL_S` while it fills a batch.
+    The client's retry policy still applies (a failed attempt drops the connection, the next one connects
+    again, through Sentinel when configured), and errors are redis-py's own, so the loop's handling of an
+    outage is unchanged.
 
     The reply typed once, here (RESP2 or RESP3): stream names decoded, entries as (id, fields), fields {}
     for an entry deleted while pending (Redis < 7)."""

@@ -62,9 +62,9 @@ def embed_streams(streams: int | None = None, threads: int = 0) -> int:
     """How many streams the one-pass embedding model runs (NPU_EMBED_STREAMS); None: 2 when this machine has
     two cores or more and inference threads are not capped (`threads` 0), else 1.
 
-    Two streams of one thread each, a batch split between them, beat one inference on both threads here
-    (2-core AVX2 EPYC): batches 2-10% more texts/s for 8-15% less CPU, and a lone text a third less CPU (one
-    thread, no oneTBB worker waking and spinning around it) for 3-4 ms more wall time (docs/benchmarks.md)."""
+    Two streams of one thread each, a batch split between them, ran batches faster for less CPU than one
+    inference on both threads, and a lone text for far less CPU (one thread: no oneTBB worker waking and
+    spinning around it), at the price of a slower lone text (docs/benchmarks.md)."""
     if streams is not None:
         return max(1, streams)
     return 2 if threads == 0 and (os.cpu_count() or 1) >= 2 else 1
@@ -263,8 +263,8 @@ PROBES = ("Hello, world!", "naïve café: 東京 🤖, don't", "The QUICK brown 
 
 
 class FastTokenizer:
-    """The model's own `tokenizer.json` through Hugging Face `tokenizers` (Rust), for small batches: one
-    short text costs it about a tenth of the OpenVINO tokenizer's call. No padding, no truncation: the same
+    """The model's own `tokenizer.json` through Hugging Face `tokenizers` (Rust), for small batches, where it
+    costs far less than a call of the OpenVINO tokenizer (docs/benchmarks.md). No padding, no truncation: the same
     arrays as the OpenVINO tokenizer gives (`tests/worker/test_tokenizers.py` compares them)."""
 
     def __init__(self, tokenizer: Tokenizer):
