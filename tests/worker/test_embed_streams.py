@@ -43,7 +43,8 @@ def test_split_batches_give_the_vectors_of_one_inference(
     one, two = engines
     assert one.streams == 1 and two.streams == 2
     # mixed lengths, so the slices are trimmed to different widths
-    words = "a man is playing a guitar on the stage tonight while the crowd sings along".split()
+    words = ["a", "man", "is", "playing", "a", "guitar", "on", "the", "stage", "tonight", "while", "the",
+             "crowd", "sings", "along"]
     texts = [" ".join(words[:1 + (7 * i) % len(words)]) + f" {i}" for i in range(size)]
     single, parallel = one.embed(texts), two.embed(texts)
     assert parallel.shape == single.shape == (size, 384) and parallel.dtype == np.float32
