@@ -87,6 +87,7 @@ class LaneConnection:
         conn = self._connection()
 
         def run() -> list[Any]:
+            _connected(conn)
             conn.send_packed_command(conn.pack_commands(commands))
             replies: list[Any] = []
             error: redis.ResponseError | None = None
@@ -110,6 +111,7 @@ class LaneConnection:
         conn = self._connection()
 
         def read() -> Any:
+            _connected(conn)
             conn.send_command(*args)
             return conn.read_response()
 
@@ -118,6 +120,14 @@ class LaneConnection:
         streams_read = got.items() if isinstance(got, dict) else got or []
         return [(stream.decode(), [(entry_id, _fields(fields)) for entry_id, fields in entries])
                 for stream, entries in streams_read]
+
+
+def _connected(conn: Any) -> None:
+    """Connects a dropped connection through its own `connect()`, as the pool does when it hands one out:
+    a Sentinel-managed connection asks the sentinels for the master there. Sending on a dropped connection
+    would reconnect to the address it had, a dead master's after a failover."""
+    if not conn.is_connected:
+        conn.connect()
 
 
 def _fields(pairs: list[bytes] | None) -> dict[bytes, bytes]:
