@@ -108,6 +108,7 @@ def test_least_loaded_follows_the_measured_load(fleet: tuple[Settings, str, str]
     set_strategy(s, LoadBalancing(strategy="least-loaded"))
     keys, r = Keys(s.key_prefix), s.redis()
     d = Dispatcher(s)
+    _wait_idle(s, a, b)  # both measured idle first: the last test's work must not be what routing avoids
     for busy, idle in ((a, b), (b, a)):
         _backlog(s, busy, 200)
         deadline = time.monotonic() + 10
